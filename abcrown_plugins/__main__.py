@@ -1,0 +1,5 @@
+import sys
+
+from abcrown_plugins.cli import main
+
+sys.exit(main())

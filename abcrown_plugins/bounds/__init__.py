@@ -1,0 +1,16 @@
+"""Bound propagation: built-in IBP, stability measures, and the optional auto_LiRPA adapter."""
+
+from abcrown_plugins.bounds.ibp import (
+    IBPResult,
+    ReluBounds,
+    input_box,
+    interval_propagate,
+    margin_lower_bounds,
+    margin_spec,
+)
+from abcrown_plugins.bounds.lirpa import LirpaBounder, lirpa_available, lirpa_bounds
+from abcrown_plugins.bounds.stability import Stability, pre_activation_stability, pre_bn_stability
+
+__all__ = ["IBPResult", "LirpaBounder", "ReluBounds", "Stability", "input_box", "interval_propagate",
+           "lirpa_available", "lirpa_bounds", "margin_lower_bounds", "margin_spec", "pre_activation_stability",
+           "pre_bn_stability"]

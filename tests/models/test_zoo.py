@@ -49,3 +49,13 @@ def test_registry_errors():
         build_model("cnn_7layer", 3, 64, 10, (0.5,), (0.5,))
     with pytest.raises(ValueError, match="registered twice"):
         model_zoo.register_model("cnn_small", "dup")(lambda **kw: None)
+
+
+@pytest.mark.parametrize("name", sorted(model_zoo.MODELS))
+def test_model_card_states_real_parameter_counts(name):
+    from pathlib import Path
+
+    card = (Path(model_zoo.__file__).parent / "cards" / f"{name}.md").read_text()
+    for channels, size in [(3, 32), (1, 28)]:
+        n = model_zoo.count_parameters(model_zoo.build_model(name, in_channels=channels, input_size=size))
+        assert f"{n:,}" in card, f"{name} card lacks the parameter count {n:,} for {channels}x{size}x{size}"

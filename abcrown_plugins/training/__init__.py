@@ -1,0 +1,9 @@
+"""Training: the loop, its objectives, schedules and initialisations."""
+
+from abcrown_plugins.training.init import ibp_init
+from abcrown_plugins.training.losses import ibp_loss, robust_logits
+from abcrown_plugins.training.schedule import EpsSchedule, lr_at, ramp_fraction
+from abcrown_plugins.training.trainer import TrainSettings, make_optimizer, train
+
+__all__ = ["EpsSchedule", "TrainSettings", "ibp_init", "ibp_loss", "lr_at", "make_optimizer", "ramp_fraction",
+           "robust_logits", "train"]

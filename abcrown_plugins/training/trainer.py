@@ -1,0 +1,116 @@
+"""The training loop: standard or IBP certified training, masked, resumable per epoch.
+
+After every epoch the model, optimiser and history are written atomically to
+``state_path``; a run started again with the same ``run_key`` continues after
+the last completed epoch. Data order depends only on (seed, epoch) and every
+schedule only on (epoch, step), so the resumed run computes the same numbers
+as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from abcrown_plugins import checkpoints
+from abcrown_plugins.pruning import Mask
+from abcrown_plugins.runtime import progress
+from abcrown_plugins.training.losses import ibp_loss
+from abcrown_plugins.training.schedule import EpsSchedule, lr_at
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the loop needs, converted from the config's ``training`` and ``data`` sections."""
+
+    method: str
+    epochs: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_milestones: tuple[int, ...]
+    lr_decay: float
+    grad_clip: float
+    eps: float
+    eps_warmup_epochs: int
+    eps_ramp_epochs: int
+    eps_schedule: str
+    robust_weight: float
+    batch_size: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainSettings":
+        t = cfg.training
+        return cls(t.method, t.epochs, t.optimizer, t.lr, t.momentum, t.weight_decay, tuple(t.lr_milestones),
+                   t.lr_decay, t.grad_clip, t.eps, t.eps_warmup_epochs, t.eps_ramp_epochs, t.eps_schedule,
+                   t.robust_weight, cfg.data.batch_size, cfg.general.seed)
+
+
+def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+
+
+def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, state_path: Path | None = None,
+          run_key: str = "", mask: Mask | None = None, desc: str = "train") -> list[dict[str, Any]]:
+    """Train ``model`` in place for ``s.epochs`` epochs; returns one history row per epoch."""
+    model.to(device)
+    optimizer = make_optimizer(model, s)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if state_path is not None and Path(state_path).is_file():
+        state = checkpoints.load(state_path, map_location=device)
+        if state.get("run_key") == run_key:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = list(state["history"])
+            start_epoch = int(state["epoch"])
+    if mask is not None:
+        mask.apply_(model)
+    num_classes = train_set.info.num_classes
+    steps = train_set.num_batches(s.batch_size)
+    schedule = EpsSchedule(s.eps, s.eps_warmup_epochs, s.eps_ramp_epochs, steps, s.eps_schedule)
+    for epoch in range(start_epoch, s.epochs):
+        lr = lr_at(epoch, s.lr, s.lr_milestones, s.lr_decay)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        t0 = time.perf_counter()
+        tot_loss = tot_correct = tot_n = 0.0
+        eps_t = 0.0
+        batches = train_set.batches(s.batch_size, shuffle=True, seed=s.seed * 100003 + epoch, device=device)
+        bar = progress(batches, desc=f"{desc} epoch {epoch + 1}/{s.epochs}", total=steps)
+        for step, (x, y) in enumerate(bar):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if s.method == "ibp":
+                eps_t = schedule(epoch, step)
+                if eps_t > 0:
+                    robust, _ = ibp_loss(model, x, y, eps_t, num_classes)
+                    w = s.robust_weight * eps_t / s.eps
+                    loss = (1 - w) * loss + w * robust
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            optimizer.step()
+            if mask is not None:
+                mask.apply_(model)
+            tot_loss += loss.item() * y.numel()
+            tot_correct += float((logits.argmax(1) == y).sum())
+            tot_n += y.numel()
+        history.append({"epoch": epoch + 1, "loss": tot_loss / tot_n, "train_acc": tot_correct / tot_n,
+                        "eps": eps_t, "lr": lr, "time_s": time.perf_counter() - t0})
+        if state_path is not None:
+            checkpoints.save(state_path, {"run_key": run_key, "epoch": epoch + 1, "model": model.state_dict(),
+                                          "optimizer": optimizer.state_dict(), "history": history})
+    return history

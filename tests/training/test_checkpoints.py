@@ -1,0 +1,56 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from abcrown_plugins import checkpoints
+from abcrown_plugins.errors import UserError
+
+
+def test_roundtrip_and_weights_only(tmp_path):
+    p = tmp_path / "c.pt"
+    checkpoints.save_model_checkpoint(p, {"w": torch.ones(2)}, {"arch": "cnn_small", "dataset": "synthetic",
+                                      "num_classes": 10, "channels": 3, "input_size": 32, "mean": [0.5],
+                                      "std": [0.2], "metrics": {"acc": 0.5}}, {"w": torch.tensor([True, False])})
+    payload = checkpoints.load_model_checkpoint(p)
+    assert torch.equal(payload["state_dict"]["w"], torch.ones(2))
+    assert payload["masks"]["w"].tolist() == [True, False]
+    assert payload["meta"]["metrics"]["acc"] == 0.5
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    with open(p, "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    with pytest.raises(UserError, match="cannot be read safely"):
+        checkpoints.load(p)
+
+
+def test_failed_write_leaves_previous_file_intact(tmp_path):
+    p = tmp_path / "c.pt"
+    checkpoints.save(p, {"v": 1})
+
+    def boom(f):
+        f.write(b"partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        checkpoints.atomic_write_bytes(p, boom)
+    assert checkpoints.load(p) == {"v": 1}
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_not_a_model_checkpoint(tmp_path):
+    p = tmp_path / "c.pt"
+    checkpoints.save(p, {"v": 1})
+    with pytest.raises(UserError, match="not an abcrown_plugins model checkpoint"):
+        checkpoints.load_model_checkpoint(p)
+    with pytest.raises(UserError, match="not found"):
+        checkpoints.load(tmp_path / "missing.pt")

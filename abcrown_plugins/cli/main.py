@@ -1,140 +1,30 @@
-"""``abcrown-plugins``: run the pipeline from a YAML config, train, verify, inspect the config.
+"""``abcrown-plugins``: the command line.
 
-Every user error ends as one line ``abcrown-plugins: error: ...`` on stderr
-and exit code 2, without a traceback.
+Each command module registers its sub-commands with ``register(subparsers)``
+and sets ``func``; every user error ends as one line
+``abcrown-plugins: error: ...`` on stderr and exit code 2, without a traceback.
+Commands that take a config accept ``--section.key VALUE`` overrides
+(``args.overrides``); a command that takes none sets ``no_overrides=True``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
+from abcrown_plugins.cli import pipeline_commands
+from abcrown_plugins.cli.common import PROG, Parser
 from abcrown_plugins.errors import UserError
 
-PROG = "abcrown-plugins"
+COMMAND_MODULES = (pipeline_commands,)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see {self.prog} --help)")
-
-
-def _config_from(args) -> "object":
-    from abcrown_plugins.config import load_config, parse_override_args
-
-    return load_config(args.config, parse_override_args(args.overrides))
-
-
-def _cmd_run(args) -> int:
-    from abcrown_plugins.pipeline import run_pipeline
-    from abcrown_plugins.runtime import set_progress
-
-    cfg = _config_from(args)
-    set_progress(cfg.general.progress)
-    out, rows = run_pipeline(cfg, Path(args.output) if args.output else None)
-    from abcrown_plugins.report import markdown_table
-
-    print(markdown_table(rows, ["round", "remain_ratio", "std_acc", "verified_acc", "unstable_ratio", "time_s"]))
-    print(f"results: {out}/summary.csv, {out}/summary.md" + (f", {out}/verified_acc.png" if cfg.output.plot else ""))
-    print(json.dumps({"output": str(out), "rounds": len(rows), "final": rows[-1]}))
-    return 0
-
-
-def _cmd_train(args) -> int:
-    from abcrown_plugins.pipeline import last_checkpoint, run_pipeline
-    from abcrown_plugins.runtime import set_progress
-
-    cfg = _config_from(args).replace(pruning={"rounds": 0})
-    set_progress(cfg.general.progress)
-    out, rows = run_pipeline(cfg, Path(args.output) if args.output else None)
-    r = rows[-1]
-    print(f"checkpoint: {last_checkpoint(out, cfg)}")
-    print(f"clean accuracy {r['std_acc']:.2%}, verified accuracy {r['verified_acc']:.2%} at eps {r['eps']:.6g}")
-    return 0
-
-
-def _cmd_verify(args) -> int:
-    from abcrown_plugins import checkpoints
-    from abcrown_plugins.config import load_config, parse_override_args
-    from abcrown_plugins.data import load_dataset
-    from abcrown_plugins.models import model_from_checkpoint
-    from abcrown_plugins.runtime import select_device, set_progress, set_threads
-    from abcrown_plugins.verification import evaluate
-
-    overrides = parse_override_args(args.overrides)
-    if args.eps is not None:
-        overrides.append(("verification.eps", args.eps))
-    cfg = load_config(args.config, overrides)
-    set_progress(cfg.general.progress)
-    set_threads(cfg.general.num_threads)
-    device = select_device(cfg.general.device)
-    payload = checkpoints.load_model_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(payload).to(device)
-    test_set = load_dataset(payload["meta"]["dataset"], "test", cfg.data.root, cfg.data.num_test,
-                            seed=cfg.general.seed)
-    v = cfg.verification
-    res = evaluate(model, test_set, v.eps, v.method, v.batch_size, v.num_examples, device)
-    print(f"{args.checkpoint}: {res.n} test images of {payload['meta']['dataset']}, eps {v.eps:.6g} "
-          f"({v.eps * 255:.3g}/255), {v.method.upper()}")
-    print(f"  clean accuracy    {res.std_acc:.2%}")
-    print(f"  verified accuracy {res.verified_acc:.2%}")
-    print(f"  unstable ReLUs    {res.unstable_ratio:.2%}")
-    print(json.dumps(res.as_dict()))
-    return 0
-
-
-def _cmd_config(args) -> int:
-    from abcrown_plugins.config import dump_config, dump_reference
-
-    if args.config is None and not args.overrides:
-        sys.stdout.write(dump_reference() + "\n")
-    else:
-        sys.stdout.write(dump_config(_config_from(args)))
-    return 0
-
-
-def _cmd_models(args) -> int:
-    import model_zoo
-
-    width = max(len(n) for n in model_zoo.MODELS)
-    for name, entry in sorted(model_zoo.MODELS.items()):
-        print(f"{name:<{width}}  {entry.description}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Pruning, certified training and verification plugins for α,β-CROWN.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description="Pruning, certified training and verification plugins for α,β-CROWN.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-
-    run = sub.add_parser("run", help="train, prune in rounds and verify, as the YAML config says")
-    run.add_argument("config", help="YAML config (e.g. exp_configs/quickstart.yaml)")
-    run.add_argument("--output", help="output folder (default: results/NAME-HASH)")
-    run.set_defaults(func=_cmd_run)
-
-    tr = sub.add_parser("train", help="train one network (no pruning) and verify it")
-    tr.add_argument("config", help="YAML config")
-    tr.add_argument("--output", help="output folder (default: results/NAME-HASH)")
-    tr.set_defaults(func=_cmd_train)
-
-    ve = sub.add_parser("verify", help="clean and IBP/CROWN-verified accuracy of a checkpoint")
-    ve.add_argument("--checkpoint", required=True, help="checkpoint written by run/train")
-    ve.add_argument("--config", help="optional YAML config (data.root, verification.*)")
-    ve.add_argument("--eps", help="L-inf radius in [0,1] pixels, e.g. 2/255 (overrides verification.eps)")
-    ve.set_defaults(func=_cmd_verify)
-
-    co = sub.add_parser("config", help="print the config reference (--dump) or a resolved config")
-    co.add_argument("config", nargs="?", help="YAML config to resolve (with overrides)")
-    co.add_argument("--dump", action="store_true", help="print every key with its default and help")
-    co.set_defaults(func=_cmd_config)
-
-    mo = sub.add_parser("models", help="list the model zoo")
-    mo.set_defaults(func=_cmd_models)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return p
 
 
@@ -142,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args, rest = build_parser().parse_known_args(argv)
-        if rest and args.func in (_cmd_models,):
+        if rest and getattr(args, "no_overrides", False):
             raise UserError(f"unexpected arguments: {' '.join(rest)}")
         args.overrides = rest
         return args.func(args)

@@ -31,17 +31,8 @@ def _section_class(section) -> type:
 _SECTION_CLASSES = {s.name: _section_class(s) for s in SECTIONS}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The whole configuration; one attribute per section."""
-
-    general: Any
-    model: Any
-    data: Any
-    training: Any
-    pruning: Any
-    verification: Any
-    output: Any
+class _ConfigBase:
+    """The whole configuration; one frozen dataclass attribute per schema section."""
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists), YAML/JSON-safe."""
@@ -74,10 +65,16 @@ class Config:
         blob = json.dumps(items, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
-    def replace(self, **changes: dict[str, Any]) -> "Config":
+    def replace(self, **changes: dict[str, Any]) -> "_ConfigBase":
         """A copy with ``section={key: value}`` changes, validated like any override."""
         flat = {f"{sec}.{k}": v for sec, kv in changes.items() for k, v in kv.items()}
         return build_config(self.to_dict(), flat.items(), source="replace()")
+
+
+Config = dataclasses.make_dataclass(
+    "Config", [(s.name, Any) for s in SECTIONS], bases=(_ConfigBase,), frozen=True)
+Config.__doc__ = _ConfigBase.__doc__
+Config.__module__ = __name__
 
 
 def _plain(v: Any) -> Any:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(2)
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)

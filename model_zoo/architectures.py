@@ -48,3 +48,25 @@ def resnet_small(in_channels: int, input_size: int, num_classes: int, mean, std)
         nn.Flatten(),
         nn.Linear(32 * (input_size // 8) ** 2, 100), nn.ReLU(), nn.Linear(100, num_classes),
     )
+
+
+@register_model("resnet18_nr", "ResNet-18-NR of seed 001 App. B.3: alpha-beta-CROWN's narrow ResNet18 (in_planes=2) "
+                "at double width (in_planes=4): stem conv, 4 stages of 2 BasicBlocks (4, 8, 16, 32 channels), "
+                "AvgPool2d(4), FC(32,10).")
+def resnet18_nr(in_channels: int, input_size: int, num_classes: int, mean, std) -> nn.Module:
+    # Stages double the width and halve the size (stride 2) from the second on:
+    # 32 -> 32, 16, 8, 4 and 28 -> 28, 14, 7, 4; AvgPool2d(4) leaves 1x1, so FC(8 * planes).
+    planes = 4
+    layers: list[nn.Module] = [Normalize(mean, std), nn.Conv2d(in_channels, planes, 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(planes), nn.ReLU()]
+    cin = planes
+    for stage in range(4):
+        cout = planes * 2 ** stage
+        for i in range(2):
+            layers.append(BasicBlock(cin, cout, stride=2 if stage > 0 and i == 0 else 1))
+            cin = cout
+    size = input_size
+    for _ in range(3):
+        size = _conv_out(size, 3, 2, 1)
+    layers += [nn.AvgPool2d(4), nn.Flatten(), nn.Linear(cin * (size // 4) ** 2, num_classes)]
+    return nn.Sequential(*layers)

@@ -13,10 +13,11 @@ import sys
 from typing import Sequence
 
 from abcrown_plugins.cli import pipeline_commands
+from abcrown_plugins.cli import smoothing_commands
 from abcrown_plugins.cli.common import PROG, Parser
 from abcrown_plugins.errors import UserError
 
-COMMAND_MODULES = (pipeline_commands,)
+COMMAND_MODULES = (pipeline_commands, smoothing_commands)
 
 
 def build_parser() -> Parser:

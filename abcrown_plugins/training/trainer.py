@@ -45,13 +45,14 @@ class TrainSettings:
     robust_weight: float
     batch_size: int
     seed: int
+    noise_sigma: float = 0.0  # Gaussian augmentation (randomized smoothing), [0,1] pixel units
 
     @classmethod
     def from_config(cls, cfg) -> "TrainSettings":
         t = cfg.training
         return cls(t.method, t.epochs, t.optimizer, t.lr, t.momentum, t.weight_decay, tuple(t.lr_milestones),
                    t.lr_decay, t.grad_clip, t.eps, t.eps_warmup_epochs, t.eps_ramp_epochs, t.eps_schedule,
-                   t.robust_weight, cfg.data.batch_size, cfg.general.seed)
+                   t.robust_weight, cfg.data.batch_size, cfg.general.seed, noise_sigma=t.noise_sigma)
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -89,7 +90,11 @@ def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, s
         eps_t = 0.0
         batches = train_set.batches(s.batch_size, shuffle=True, seed=s.seed * 100003 + epoch, device=device)
         bar = progress(batches, desc=f"{desc} epoch {epoch + 1}/{s.epochs}", total=steps)
+        # Gaussian augmentation: noise drawn from (seed, epoch) only, so a resumed run draws the same noise
+        noise_gen = torch.Generator(device=device).manual_seed(s.seed * 100003 + epoch) if s.noise_sigma > 0 else None
         for step, (x, y) in enumerate(bar):
+            if noise_gen is not None:
+                x = x + s.noise_sigma * torch.randn(x.shape, generator=noise_gen, device=x.device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             if s.method == "ibp":

@@ -1,0 +1,184 @@
+"""Certify a data set with randomized smoothing: resumable TSV, certified-accuracy table and plot.
+
+Output folder::
+
+    certify.tsv              one row per example: idx, label, predict, radius, correct, time
+                             (first line: a comment with the settings and the 1 - alpha guarantee)
+    certified_accuracy.md    certified accuracy at each smoothing.radii entry
+    certified_accuracy.png   certified accuracy against the L2 radius
+
+``certify.tsv`` is rewritten atomically after every example; a run started
+again with the same settings skips the indices already in it. Example ``idx``
+draws its noise from a generator seeded by ``(seed, idx)`` only, so a resumed
+run writes the same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from abcrown_plugins.checkpoints import atomic_write_bytes, atomic_write_text
+from abcrown_plugins.errors import UserError
+from abcrown_plugins.report import markdown_table, write_markdown
+from abcrown_plugins.runtime import progress
+from abcrown_plugins.smoothing.certify import ABSTAIN, certify, check_settings
+
+__all__ = ["COLUMNS", "SmoothingSettings", "certified_accuracy", "certify_dataset", "example_indices",
+           "read_tsv", "write_report"]
+
+COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+
+
+@dataclass(frozen=True)
+class SmoothingSettings:
+    """The ``smoothing`` config section, validated (sigma > 0, 0 < alpha < 1, n0 <= n)."""
+
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    batch_size: int
+    num_examples: int | None = None
+    skip: int = 1
+    split: str = "test"
+    radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+    def __post_init__(self) -> None:
+        check_settings(self.sigma, self.alpha, self.n, self.n0, self.batch_size)
+        if self.skip < 1:
+            raise UserError(f"smoothing.skip must be >= 1, got {self.skip}")
+        if self.num_examples is not None and self.num_examples < 1:
+            raise UserError(f"smoothing.num_examples must be >= 1 or null, got {self.num_examples}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "SmoothingSettings":
+        s = cfg.smoothing
+        return cls(s.sigma, s.n0, s.n, s.alpha, s.batch_size, s.num_examples, s.skip, s.split, tuple(s.radii))
+
+    def guarantee(self) -> str:
+        return (f"each prediction and radius holds with probability >= 1 - alpha = {1 - self.alpha:.6g} "
+                f"(sigma={self.sigma:g}, n0={self.n0}, n={self.n}, alpha={self.alpha:g})")
+
+
+def example_indices(num: int, skip: int, num_examples: int | None) -> list[int]:
+    """Every ``skip``-th index of ``range(num)``, at most ``num_examples`` of them."""
+    out = list(range(0, num, skip))
+    return out if num_examples is None else out[:num_examples]
+
+
+def _header(settings: SmoothingSettings, seed: int, tag: str) -> str:
+    return (f"# randomized smoothing (Cohen et al. 2019): {settings.guarantee()}; seed={seed}; {tag}; "
+            f"predict -1 = abstain; radius = certified L2 radius in [0,1] pixel units; time in seconds")
+
+
+def read_tsv(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
+    """``(comment line, rows)`` of a ``certify.tsv``; rows typed (idx/label/predict/correct int, radius/time float)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if len(lines) < 2 or not lines[0].startswith("#") or lines[1].split("\t") != list(COLUMNS):
+        raise UserError(f"'{path}' is not a certify.tsv written by abcrown-plugins; pass another --output")
+    rows = []
+    for line in lines[2:]:
+        if not line.strip():
+            continue
+        v = line.split("\t")
+        rows.append({"idx": int(v[0]), "label": int(v[1]), "predict": int(v[2]), "radius": float(v[3]),
+                     "correct": int(v[4]), "time": float(v[5])})
+    return lines[0], rows
+
+
+def _write_tsv(path: Path, header: str, rows: Sequence[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    buf.write(header + "\n" + "\t".join(COLUMNS) + "\n")
+    for r in rows:
+        buf.write(f"{r['idx']}\t{r['label']}\t{r['predict']}\t{r['radius']:.10g}\t{r['correct']}\t{r['time']:.4f}\n")
+    atomic_write_text(path, buf.getvalue())
+
+
+def certify_dataset(forward: Callable[[Tensor], Tensor], dataset, settings: SmoothingSettings, out_dir: str | Path,
+                    device: torch.device | str = "cpu", seed: int = 0, tag: str = "",
+                    desc: str = "certify") -> list[dict[str, Any]]:
+    """Certify ``dataset`` (an :class:`~abcrown_plugins.data.ImageDataset`) into ``out_dir/certify.tsv``.
+
+    ``forward`` maps noisy inputs on ``device`` to logits (the caller puts a model
+    in eval mode). ``tag`` (e.g. the checkpoint) goes into the TSV's comment line;
+    a TSV whose comment differs (other settings) is refused instead of mixed.
+    Returns every row, old and new, in index order.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / "certify.tsv"
+    header = _header(settings, seed, tag)
+    rows: list[dict[str, Any]] = []
+    if path.is_file():
+        old_header, rows = read_tsv(path)
+        if old_header != header:
+            raise UserError(f"'{path}' was written with other settings ({old_header[2:90]}...); "
+                            f"pass another --output or delete it")
+    done = {r["idx"] for r in rows}
+    todo = [i for i in example_indices(len(dataset), settings.skip, settings.num_examples) if i not in done]
+    num_classes = dataset.info.num_classes
+    device = torch.device(device)
+    for idx in progress(todo, desc=desc, total=len(todo)):
+        x, label = dataset[idx]
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + idx)
+        res = certify(forward, x.to(device), settings.n0, settings.n, settings.alpha, settings.sigma, num_classes,
+                      settings.batch_size, generator)
+        rows.append({"idx": idx, "label": label, "predict": res.prediction, "radius": res.radius,
+                     "correct": int(res.prediction == label and res.prediction != ABSTAIN), "time": res.time_s})
+        rows.sort(key=lambda r: r["idx"])
+        _write_tsv(path, header, rows)
+    if not path.is_file():
+        _write_tsv(path, header, rows)
+    return rows
+
+
+def certified_accuracy(rows: Sequence[dict[str, Any]], radii: Sequence[float]) -> list[float]:
+    """Fraction of rows that are correct with certified radius >= r, for each r (0.0 for no rows)."""
+    n = len(rows)
+    return [sum(1 for row in rows if row["correct"] and row["radius"] >= r) / n if n else 0.0 for r in radii]
+
+
+def write_report(rows: Sequence[dict[str, Any]], settings: SmoothingSettings, out_dir: str | Path,
+                 title: str = "certified accuracy") -> list[dict[str, Any]]:
+    """Write ``certified_accuracy.md`` and ``.png``; returns the table rows ``{radius, certified_acc}``."""
+    out_dir = Path(out_dir)
+    radii = sorted(settings.radii)
+    table = [{"radius": r, "certified_acc": a} for r, a in zip(radii, certified_accuracy(rows, radii))]
+    abstain = sum(1 for r in rows if r["predict"] == ABSTAIN)
+    text = (f"# {title}\n\n{len(rows)} examples; {abstain} abstentions. Randomized smoothing (Cohen et al. 2019): "
+            f"{settings.guarantee()}. An example counts at radius r when the smoothed prediction is the label "
+            f"and its certified L2 radius (in [0,1] pixel units) is >= r.\n\n"
+            + markdown_table(table, ["radius", "certified_acc"], ["L2 radius", "certified accuracy"]))
+    write_markdown(out_dir / "certified_accuracy.md", text)
+    _plot(out_dir / "certified_accuracy.png", rows, radii, settings, title)
+    return table
+
+
+def _plot(path: Path, rows, radii, settings: SmoothingSettings, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    top = max([*radii, *(r["radius"] for r in rows), 1e-3]) * 1.05
+    grid = [top * i / 200 for i in range(201)]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(grid, [100 * a for a in certified_accuracy(rows, grid)], label="certified accuracy")
+    ax.plot(radii, [100 * a for a in certified_accuracy(rows, radii)], "o", label="table radii")
+    ax.set_xlabel("L2 radius ([0,1] pixels)")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.set_title(f"{title} (sigma={settings.sigma:g}, n={settings.n}, p >= {1 - settings.alpha:g})", fontsize=9)
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))

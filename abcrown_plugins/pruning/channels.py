@@ -13,7 +13,7 @@ Which channels can be pruned is read off the model's structure by
 (``nn.Sequential``, Conv2d, BatchNorm2d, zero-preserving activations and
 pooling, Flatten, Linear, :class:`model_zoo.BasicBlock`):
 
-* a conv is prunable when a BatchNorm2d follows it directly and everything that
+* a conv is prunable when an affine BatchNorm2d follows it directly and everything that
   reads its output is known (a next conv, the Linear after Flatten, a residual
   add); the last conv before Flatten is included; the classifier never is;
 * residual adds couple channels: a BasicBlock's output channels are shared by
@@ -121,10 +121,10 @@ class _Walk:
         elif isinstance(module, nn.Conv2d):
             self.conv(module, name)
         elif isinstance(module, nn.BatchNorm2d):
-            if self.after_conv is not None and self.after_conv == self.src and not self.flat:
+            if self.after_conv is not None and self.after_conv == self.src and not self.flat and module.affine:
                 self.bn[self.after_conv] = name
                 self.after_conv = None
-            else:  # a BatchNorm maps a zero channel to a non-zero constant: keep its channels
+            else:  # a BatchNorm maps a zero channel to a non-zero constant unless gamma = beta = 0 there
                 self.block_src()
         elif isinstance(module, _ZERO_PRESERVING):
             if self.flat and isinstance(module, _POOLING):

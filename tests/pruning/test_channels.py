@@ -56,6 +56,8 @@ def test_unknown_structure_is_not_pruned():
                                            lin(32))) == {}
     assert prunable_channels(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Sigmoid(), nn.Flatten(),
                                            lin(32))) == {}
+    assert prunable_channels(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, affine=False), nn.ReLU(),
+                                           nn.Flatten(), lin(32))) == {}
     ok = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), lin(32))
     assert list(prunable_channels(ok)) == ["0"]
     # an identity residual onto the network input cannot be pruned (the input's channels are fixed)

@@ -195,3 +195,23 @@ def test_count_macs_of_compacted_model():
     assert count_macs(compact(m, cmask), (3, 32, 32)) == expected
     with pytest.raises(ValueError, match="input_shape"):
         count_macs(m, (3, 32))
+
+
+def test_compaction_of_a_non_zoo_sequential():
+    # nested Sequential, LeakyReLU, max and adaptive pooling, Dropout after Flatten
+    m = nn.Sequential(model_zoo.Normalize((0.5,) * 3, (0.2,) * 3),
+                      nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.LeakyReLU(0.1)),
+                      nn.MaxPool2d(2), nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.2), nn.Linear(24, 7), nn.ReLU(),
+                      nn.Linear(7, 3))
+    randomize_batchnorm(m)
+    m.eval()
+    assert list(prunable_channels(m)) == ["1.0", "3"]
+    cmask = {"1.0": torch.arange(8) % 3 == 0, "3": torch.tensor([True, False, False, True, True, False])}
+    masked = copy.deepcopy(m)
+    channel_to_weight_mask(masked, cmask).apply_(masked)
+    small = compact(m, cmask)
+    assert small[3].weight.shape == (3, 3, 3, 3) and small[9].weight.shape == (7, 12)
+    x = torch.rand(5, 3, 12, 12)
+    with torch.no_grad():
+        assert (small(x) - masked(x)).abs().max() <= 1e-5

@@ -1,0 +1,72 @@
+"""ONNX export of zoo models, checked against torch with onnxruntime while exporting.
+
+The exported graph takes [0,1] pixels (normalisation inside), has BatchNorm in
+eval form (folded into the convolutions by constant folding), a fixed batch of
+1 and opset >= 13. ``export_onnx`` refuses to leave a file behind unless
+``onnx.checker`` passes and onnxruntime's outputs equal torch's within
+``tol`` on random inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+def onnx_session(path: str | Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x: np.ndarray) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: x.astype(np.float32)})[0]
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], tol: float = 1e-5,
+                checks: int = 8, seed: int = 0) -> float:
+    """Export ``model`` (eval) for inputs of ``input_shape`` (C,H,W); returns the max |onnx - torch| seen.
+
+    Raises RuntimeError (and writes nothing) if the checker fails or the outputs differ by more than ``tol``.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    example = torch.zeros(1, *input_shape)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), tmp, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                              input_names=["input"], output_names=["output"])
+        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        session = onnx_session(tmp)
+        gen = torch.Generator().manual_seed(seed)
+        worst = 0.0
+        with torch.no_grad():
+            for _ in range(checks):
+                x = torch.rand(1, *input_shape, generator=gen)
+                ref = model(x).numpy()
+                got = run_onnx(session, x.numpy())
+                worst = max(worst, float(np.abs(ref - got).max()))
+        if worst > tol:
+            raise RuntimeError(f"ONNX output differs from torch by {worst:.3g} > {tol}")
+        os.replace(tmp, path)
+        return worst
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -97,7 +97,7 @@ def _write_tsv(path: Path, header: str, rows: Sequence[dict[str, Any]]) -> None:
     buf = io.StringIO()
     buf.write(header + "\n" + "\t".join(COLUMNS) + "\n")
     for r in rows:
-        buf.write(f"{r['idx']}\t{r['label']}\t{r['predict']}\t{r['radius']:.10g}\t{r['correct']}\t{r['time']:.4f}\n")
+        buf.write(f"{r['idx']}\t{r['label']}\t{r['predict']}\t{float(r['radius'])!r}\t{r['correct']}\t{r['time']:.4f}\n")
     atomic_write_text(path, buf.getvalue())
 
 

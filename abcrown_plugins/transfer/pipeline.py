@@ -49,7 +49,10 @@ from abcrown_plugins.transfer.scenario import (
     pretrain_set,
 )
 
-__all__ = ["SUMMARY_COLUMNS", "load_pair", "prefix_mac_fraction", "run_transfer"]
+#: Prefix of a downstream task that is a whole data set (``dataset:svhn``) rather than a synthetic attribute.
+DATASET_TASK = "dataset:"
+
+__all__ = ["DATASET_TASK", "SUMMARY_COLUMNS", "load_pair", "prefix_mac_fraction", "run_transfer"]
 
 SUMMARY_COLUMNS = ["task", "run", "pattern", "k", "updated_ratio", "frozen_prefix", "prefix_macs", "clean_acc",
                    "cert_acc", "cert_radius", "abstain", "train_s", "certify_s"]
@@ -184,7 +187,10 @@ def run_transfer(cfg: Config, out: Path | None = None,
     from abcrown_plugins.smoothing.run import SmoothingSettings, certify_dataset, write_report
 
     t = cfg.transfer
-    check_attributes(t.pretrain_attributes, t.tasks)
+    check_attributes(t.pretrain_attributes, [x for x in t.tasks if not x.startswith(DATASET_TASK)])
+    if any(x.startswith(DATASET_TASK) for x in t.tasks) and not cfg.model.checkpoint:
+        raise UserError("a 'dataset:NAME' transfer task needs a pretrained base network: set model.checkpoint "
+                        "(e.g. from `abcrown-plugins train` on the source data set)")
     if not t.tasks:
         raise UserError("transfer.tasks is empty; name at least one downstream attribute")
     if len(t.group_shape) != 2:
@@ -212,8 +218,16 @@ def run_transfer(cfg: Config, out: Path | None = None,
 
     rows = []
     for task in t.tasks:
-        train_task = attribute_task(train_base, task)
-        test_task = attribute_task(test_base, task)
+        if task.startswith(DATASET_TASK):
+            name = task[len(DATASET_TASK):]
+            train_task = load_dataset(name, "train", d.root, d.num_train, seed=cfg.general.seed)
+            test_task = load_dataset(name, "test", d.root, d.num_test, seed=cfg.general.seed)
+            if train_task.info.shape != train_base.info.shape:
+                raise UserError(f"transfer task {task}: images {train_task.info.shape} differ from the base data "
+                                f"set's {train_base.info.shape}; the base network needs the same input shape")
+        else:
+            train_task = attribute_task(train_base, task)
+            test_task = attribute_task(test_base, task)
         if t.few_shot:
             n = max(int(round(t.few_shot_fraction * len(train_task))), 2 * train_task.info.num_classes)
             train_task = train_task.subset(n, seed=cfg.general.seed)
@@ -240,7 +254,7 @@ def _summary_text(cfg: Config, rows, smoothing) -> str:
 def _one_run(cfg, out, task, run_name, pattern, k, train_task, test_task, base_payload, base_path, base_model,
              device, smoothing, certify_dataset, write_report) -> dict[str, Any]:
     t = cfg.transfer
-    run_dir = out / task / run_name
+    run_dir = out / task.replace(":", "_") / run_name
     path = run_dir / "checkpoint.pt"
     if path.is_file():
         return checkpoints.load_model_checkpoint(path)["meta"]["summary"]
@@ -301,9 +315,13 @@ def _one_run(cfg, out, task, run_name, pattern, k, train_task, test_task, base_p
         row["abstain"] = sum(1 for r in crows if r["predict"] == -1) / n
         row["certify_s"] = time.perf_counter() - t1
     meta = model_meta(cfg.model.arch, info)
+    if task.startswith(DATASET_TASK):
+        task_meta = None  # a plain data set: its checkpoint reads like any other
+    else:
+        task_meta = {"scenario": SCENARIO, "attribute": task, "base_dataset": train_task.info.name.split(":")[0]}
     meta.update({
         "dataset": train_task.info.name.split(":")[0],
-        "task": {"scenario": SCENARIO, "attribute": task, "base_dataset": train_task.info.name.split(":")[0]},
+        "task": task_meta,
         "data_seed": seed,
         "transfer": {"base_checkpoint": None if run_name == "direct" else str(Path(base_path).resolve()),
                      "run": run_name, "pattern": pattern, "k": k, "updated": updated, "total": total,

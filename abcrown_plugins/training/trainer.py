@@ -1,4 +1,9 @@
-"""The training loop: standard or IBP certified training, masked, resumable per epoch.
+"""The training loop: standard, FGSM+GradAlign, IBP or CROWN-IBP training, masked, resumable per epoch.
+
+The objective comes from :func:`abcrown_plugins.training.objectives.make_objective`;
+regularisers (``term(model, x, eps, bounds)`` loss terms and ``after_backward(model)``
+penalties) are passed in and never own the loop. A term receives the bounds the
+objective already computed for the batch (IBP/CROWN-IBP training), else None.
 
 After every epoch the model, optimiser and history are written atomically to
 ``state_path``; a run started again with the same ``run_key`` continues after
@@ -12,16 +17,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from abcrown_plugins import checkpoints
 from abcrown_plugins.pruning import Mask
 from abcrown_plugins.runtime import progress
-from abcrown_plugins.training.losses import ibp_loss
+from abcrown_plugins.training.objectives import make_objective
 from abcrown_plugins.training.schedule import EpsSchedule, lr_at
 
 
@@ -46,13 +50,17 @@ class TrainSettings:
     batch_size: int
     seed: int
     noise_sigma: float = 0.0  # Gaussian augmentation (randomized smoothing), [0,1] pixel units
+    fgsm_alpha: float = 1.25  # FGSM step in units of the current eps
+    fgsm_init: str = "random"
+    grad_align: float = 0.2   # GradAlign coefficient lambda
 
     @classmethod
     def from_config(cls, cfg) -> "TrainSettings":
         t = cfg.training
         return cls(t.method, t.epochs, t.optimizer, t.lr, t.momentum, t.weight_decay, tuple(t.lr_milestones),
                    t.lr_decay, t.grad_clip, t.eps, t.eps_warmup_epochs, t.eps_ramp_epochs, t.eps_schedule,
-                   t.robust_weight, cfg.data.batch_size, cfg.general.seed, noise_sigma=t.noise_sigma)
+                   t.robust_weight, cfg.data.batch_size, cfg.general.seed, noise_sigma=t.noise_sigma,
+                   fgsm_alpha=t.fgsm_alpha, fgsm_init=t.fgsm_init, grad_align=t.grad_align)
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -62,8 +70,16 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
 
 
 def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, state_path: Path | None = None,
-          run_key: str = "", mask: Mask | None = None, desc: str = "train") -> list[dict[str, Any]]:
-    """Train ``model`` in place for ``s.epochs`` epochs; returns one history row per epoch."""
+          run_key: str = "", mask: Mask | None = None, desc: str = "train", regularizers: Sequence = (),
+          on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` in place for ``s.epochs`` epochs; returns one history row per epoch.
+
+    ``regularizers``: objects with ``term(model, x, eps, bounds) -> Tensor`` (added to the
+    loss) and ``after_backward(model)`` (called between backward and the optimiser step).
+    ``on_epoch_end(epoch, model)`` runs after each completed epoch (1-based), before the
+    resumable state is written. Every epoch reseeds torch from ``(seed, epoch)``, so random
+    starts (FGSM) are the same in a resumed run.
+    """
     model.to(device)
     optimizer = make_optimizer(model, s)
     history: list[dict[str, Any]] = []
@@ -78,6 +94,8 @@ def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, s
     if mask is not None:
         mask.apply_(model)
     num_classes = train_set.info.num_classes
+    objective = make_objective(s, num_classes)
+    scheduled = s.method != "standard"
     steps = train_set.num_batches(s.batch_size)
     schedule = EpsSchedule(s.eps, s.eps_warmup_epochs, s.eps_ramp_epochs, steps, s.eps_schedule)
     for epoch in range(start_epoch, s.epochs):
@@ -85,6 +103,7 @@ def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, s
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
+        torch.manual_seed(s.seed * 100003 + epoch * 7919 + 1)
         t0 = time.perf_counter()
         tot_loss = tot_correct = tot_n = 0.0
         eps_t = 0.0
@@ -95,16 +114,16 @@ def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, s
         for step, (x, y) in enumerate(bar):
             if noise_gen is not None:
                 x = x + s.noise_sigma * torch.randn(x.shape, generator=noise_gen, device=x.device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if s.method == "ibp":
-                eps_t = schedule(epoch, step)
-                if eps_t > 0:
-                    robust, _ = ibp_loss(model, x, y, eps_t, num_classes)
-                    w = s.robust_weight * eps_t / s.eps
-                    loss = (1 - w) * loss + w * robust
+            eps_t = schedule(epoch, step) if scheduled else 0.0
+            out = objective(model, x, y, eps_t)
+            logits, loss = out.logits, out.loss
+            reg_eps = eps_t if scheduled else s.eps
+            for reg in regularizers:
+                loss = loss + reg.term(model, x, reg_eps, out.bounds)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for reg in regularizers:
+                reg.after_backward(model)
             if s.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             optimizer.step()
@@ -115,7 +134,11 @@ def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, s
             tot_n += y.numel()
         history.append({"epoch": epoch + 1, "loss": tot_loss / tot_n, "train_acc": tot_correct / tot_n,
                         "eps": eps_t, "lr": lr, "time_s": time.perf_counter() - t0})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model)
         if state_path is not None:
             checkpoints.save(state_path, {"run_key": run_key, "epoch": epoch + 1, "model": model.state_dict(),
                                           "optimizer": optimizer.state_dict(), "history": history})
+    for p in model.parameters():  # auto_LiRPA's parameter nodes toggle requires_grad
+        p.requires_grad_(True)
     return history

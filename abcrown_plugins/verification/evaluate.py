@@ -24,6 +24,7 @@ from abcrown_plugins.bounds import (
 )
 from abcrown_plugins.bounds.stability import merge
 from abcrown_plugins.runtime import progress
+from abcrown_plugins.verification.memory import PeakMemory
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class EvalResult:
     instability_bn: float     # the same on pre-BN-normalised bounds l/gamma, u/gamma
     unstable_ratio_bn: float
     time_s: float             # wall time of the whole evaluation
+    verified_acc_ibp: float | None = None  # IBP alone (equals verified_acc when method is ibp)
+    peak_mem_mib: float = 0.0  # peak memory growth during the evaluation (see memory.PeakMemory)
+    peak_mem_how: str = ""     # rss_hwm (CPU, Linux), ru_maxrss (fallback) or cuda_max_allocated
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,8 +55,15 @@ def evaluate(model: nn.Module, dataset, eps: float, method: str = "ibp", batch_s
     model.eval()
     data = dataset.subset(num_examples) if num_examples else dataset
     num_classes = dataset.info.num_classes
-    start = time.perf_counter()
-    correct = verified = n = 0
+    with PeakMemory(device) as pm:
+        start = time.perf_counter()
+        res = _evaluate(model, data, eps, method, batch_size, device, desc, num_classes)
+        elapsed = time.perf_counter() - start
+    return EvalResult(**res, time_s=elapsed, peak_mem_mib=pm.mib, peak_mem_how=pm.how)
+
+
+def _evaluate(model, data, eps, method, batch_size, device, desc, num_classes) -> dict:
+    correct = verified = verified_ibp = n = 0
     stab, stab_bn = [], []
     bounder = None
     for x, y in progress(data.batches(batch_size, device=device), desc=desc, total=data.num_batches(batch_size)):
@@ -71,10 +82,11 @@ def evaluate(model: nn.Module, dataset, eps: float, method: str = "ibp", batch_s
             raise ValueError(f"unknown verification method '{method}'")
         correct += int(ok.sum())
         verified += int(((margins > 0).all(1) & ok).sum())
+        verified_ibp += int(((ibp.lower > 0).all(1) & ok).sum())
         n += y.numel()
         stab.append(pre_activation_stability(ibp.relus))
         stab_bn.append(pre_bn_stability(ibp.relus))
     s, sb = merge(stab), merge(stab_bn)
-    return EvalResult(n=n, eps=eps, method=method, std_acc=correct / max(n, 1), verified_acc=verified / max(n, 1),
-                      instability=s.instability, unstable_ratio=s.unstable_ratio, instability_bn=sb.instability,
-                      unstable_ratio_bn=sb.unstable_ratio, time_s=time.perf_counter() - start)
+    return dict(n=n, eps=eps, method=method, std_acc=correct / max(n, 1), verified_acc=verified / max(n, 1),
+                instability=s.instability, unstable_ratio=s.unstable_ratio, instability_bn=sb.instability,
+                unstable_ratio_bn=sb.unstable_ratio, verified_acc_ibp=verified_ibp / max(n, 1))

@@ -14,8 +14,8 @@ and the engine's argmaxes equal the dense networks'):
   :func:`certify_from_traces`): the base's activations that the engine's tasks
   read, recorded once per noise batch (the work of certifying the base), then
   replayed for each task without touching the shared prefix again. The trace
-  keeps the generator's starting state, so the near-tie guard can regenerate
-  a batch's noisy inputs exactly when it needs the dense network. Memory:
+  keeps the generator's starting state instead of the noisy inputs and
+  regenerates them when a task changes the very first module. Memory:
   :attr:`BaseTrace.nbytes` (grows with ``num`` and with how early the tasks'
   first changes are).
 """
@@ -131,7 +131,7 @@ def record_trace(engine: DifferentialEngine, x: Tensor, num: int, sigma: float, 
     batches = []
     total = -(-num // batch_size)
     for batch in progress(noise_batches(x, num, sigma, batch_size, generator), "base trace", total):
-        rec = engine.base_activations(batch, ts)
+        rec = engine.base_activations(batch, ts, mode="trace")
         rec.pop("input", None)  # regenerated on demand instead of stored
         batches.append(rec)
     return BaseTrace(x, num, float(sigma), batch_size, state, str(generator.device), batches,
@@ -139,7 +139,7 @@ def record_trace(engine: DifferentialEngine, x: Tensor, num: int, sigma: float, 
 
 
 class _Replay:
-    """Noisy batches of a trace, regenerated in order on demand (for ``input`` and the near-tie guard)."""
+    """Noisy batches of a trace, regenerated in order on demand (when a task reads the input itself)."""
 
     def __init__(self, trace: BaseTrace):
         self._it = trace.noise()
@@ -160,14 +160,13 @@ def trace_counts(engine: DifferentialEngine, trace: BaseTrace, tasks: Sequence[i
                  desc: str = "trace replay") -> list[Tensor]:
     """Per task, the counts ``multitask_counts`` would give on the trace's noise draw, from the trace."""
     ts = _tasks(engine, tasks)
-    needs, _ = engine._plan_needs(tuple(trace.x.shape), trace.x.device, trace.x.dtype)
-    wants_input = any("input" in needs[t] for t in ts)
+    wants_input = any("input" in p.base_paths for p in engine.plans(trace.x.shape, "trace"))
     counts = [torch.zeros(engine.num_classes(t, trace.x.shape), dtype=torch.int64) for t in ts]
     replay = _Replay(trace)
     for j, rec in enumerate(progress(trace.batches, desc, len(trace.batches))):
         if wants_input:
             rec = dict(rec, input=replay.get(j))
-        for c, logits in zip(counts, engine.forward_from(rec, lambda j=j: replay.get(j), ts)):
+        for c, logits in zip(counts, engine.forward_from(rec, trace.x.shape, ts, "trace")):
             c += torch.bincount(logits.argmax(1).cpu(), minlength=c.numel())
     return counts
 

@@ -21,9 +21,11 @@ work once:
 4. **Dense switch.** When the fraction of channels to recompute (output rows plus,
    for a differential product, input channels) passes ``break_even``, the module
    runs densely on the materialised input instead: no sparse path is used past
-   the point where it stops paying. Measured break-even on this CPU: see
-   ``tools/bench_smoothing.py`` (``break_even`` in its JSON); default
-   :data:`BREAK_EVEN`.
+   the point where it stops paying (default :data:`BREAK_EVEN`, measured by
+   ``tools/bench_smoothing.py``). Computing live, every base activation past a
+   task's first change costs a base layer, so the threshold drops by 1/T for T
+   tasks sharing the pass: a single task alone runs densely from its first
+   change (:meth:`DifferentialEngine._effective_break_even`).
 
 Exactness. Shared values, and modules recomputed densely from a shared input,
 are bitwise those of the dense fine-tuned network. Recomputed channel subsets
@@ -61,8 +63,11 @@ from abcrown_plugins.differential.delta import Change, module_changes
 from abcrown_plugins.errors import UserError
 from model_zoo.layers import BasicBlock
 
-#: Default fraction of channels above which a changed module runs densely (see module doc).
-BREAK_EVEN = 0.5
+#: Default fraction of channels above which a changed module runs densely (see module doc). Measured
+#: on cnn_7layer (tools/bench_smoothing.py, ``engine_break_even``): replay times are flat between 0.5
+#: and 0.75 and worse at 1.0 once half of the channels change; channel-subset convolutions alone stay
+#: faster than the dense one up to 7/8 of the channels.
+BREAK_EVEN = 0.75
 #: Default relative top-two margin at or below which a batch is recomputed densely (see ``_guard``).
 TIE_TOL = 1e-5
 #: Output-channel subsets of a conv are padded to a multiple of this (oneDNN runs such blocks faster).
@@ -101,6 +106,18 @@ class TaskPlan:
     first_changed: str | None     # path of the first changed top-level module (None: identical to base)
     shared_fraction: float        # fraction of top-level modules before the first change
     base_paths: tuple[str, ...]   # base activations the task reads
+    exact: bool                   # only bitwise-exact steps (shared modules, dense recomputation)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    needs: list[set[str]]
+    classes: list[int]
+    exact: list[bool]
+
+    def stop(self, tasks: Sequence[int]) -> int:
+        """Top-level modules of the base to run for ``tasks``."""
+        return max((_top(p) for t in tasks for p in self.needs[t]), default=-1) + 1
 
 
 class _Act:
@@ -208,9 +225,9 @@ class DifferentialEngine:
         self._first = [self._first_changed(ch) for ch in self._changes]
         self._changed_steps = [{s.path for s in self._ir if self._step_changed(ch, s)} for ch in self._changes]
         self._cache: list[dict] = [dict() for _ in self.tasks]
-        self._needs: dict[tuple, tuple[list[set[str]], int, list[int]]] = {}
-        self._exact: dict[int, bool] = {}  # per task: only bitwise-exact steps (set by the dry run)
-        self._inexact = False
+        self._plans: dict[tuple, _Plan] = {}
+        self._be = self.break_even  # effective break-even of the run in progress
+        self._inexact = False       # set by steps that are not bitwise exact (dry runs read it)
 
     # -- structure -----------------------------------------------------------------------------
 
@@ -275,17 +292,26 @@ class DifferentialEngine:
                 rec[step.post] = h
         return rec
 
-    def _plan_needs(self, shape: tuple[int, ...], device, dtype) -> tuple[list[set[str]], int]:
-        """Per task, the base paths it reads (found by a dry run on one zero sample); base depth."""
-        return self._dry_run(shape, device, dtype)[:2]
+    def _effective_break_even(self, mode: str, num_tasks: int) -> float:
+        """``trace``: base activations are recorded already, so ``break_even`` applies as is.
+        ``live``: every base activation past a task's first change costs one base layer, shared
+        by the ``num_tasks`` tasks of the call, so the break-even drops by ``1 / num_tasks``
+        (one task alone: dense from its first change on)."""
+        if mode == "trace":
+            return self.break_even
+        if mode == "live":
+            return self.break_even - 1.0 / max(num_tasks, 1)
+        raise ValueError(f"mode must be 'live' or 'trace', got {mode!r}")
 
-    def _dry_run(self, shape: tuple[int, ...], device, dtype) -> tuple[list[set[str]], int, list[int]]:
-        key = (tuple(shape), str(device), dtype)
-        if key not in self._needs:
+    def _plan(self, shape: tuple[int, ...], device, dtype, be: float) -> _Plan:
+        """Per task: the base paths it reads, its class count and whether it is exact by
+        construction, found by a dry run on one zero sample; and the base depth needed."""
+        key = (tuple(shape), str(device), dtype, be)
+        if key not in self._plans:
             x = torch.zeros((1, *shape), device=device, dtype=dtype)
             with torch.no_grad():
                 full = self._base_forward(x, _Everything(), len(self._ir))
-            needs, classes = [], []
+            needs, classes, exact = [], [], []
             for t in range(self.num_tasks):
                 seen: set[str] = set()
 
@@ -293,30 +319,31 @@ class DifferentialEngine:
                     seen.add(p)
                     return full[p]
 
-                self._inexact = False
+                self._be, self._inexact = be, False
                 with torch.no_grad():
                     classes.append(int(self._raw_task(t, get)[0].shape[1]))
                 needs.append(seen)
-                self._exact[t] = self._exact.get(t, True) and not self._inexact
-            union = set().union(*needs)
-            stop = max((_top(p) for p in union), default=-1) + 1
-            self._needs[key] = (needs, stop, classes)
-        return self._needs[key]
+                exact.append(not self._inexact)
+            self._plans[key] = _Plan(needs, classes, exact)
+        return self._plans[key]
+
+    def _default_plan(self, input_shape: Sequence[int], mode: str = "trace", num_tasks: int = 1) -> _Plan:
+        p = next(self.base.parameters())
+        return self._plan(tuple(input_shape), p.device, p.dtype, self._effective_break_even(mode, num_tasks))
 
     def num_classes(self, t: int, input_shape: Sequence[int]) -> int:
         """Number of logits of task ``t`` for inputs of shape ``(C, H, W)``."""
-        p = next(self.base.parameters())
-        return self._dry_run(tuple(input_shape), p.device, p.dtype)[2][t]
+        return self._default_plan(input_shape).classes[t]
 
-    def plans(self, input_shape: Sequence[int]) -> list[TaskPlan]:
-        """Static plan of each task for inputs of shape ``(C, H, W)``."""
-        p = next(self.base.parameters())
-        needs, _ = self._plan_needs(tuple(input_shape), p.device, p.dtype)
+    def plans(self, input_shape: Sequence[int], mode: str = "trace") -> list[TaskPlan]:
+        """Static plan of each task for inputs of shape ``(C, H, W)`` (``mode``: see ``forward_from``)."""
+        plan = self._default_plan(input_shape, mode, self.num_tasks)
         out = []
         for t in range(self.num_tasks):
             f = self._first[t]
             out.append(TaskPlan(None if f is None else self._ir[f].path,
-                                1.0 if f is None else f / len(self._ir), tuple(sorted(needs[t]))))
+                                1.0 if f is None else f / len(self._ir), tuple(sorted(plan.needs[t])),
+                                plan.exact[t]))
         return out
 
     # -- per-task interpretation ---------------------------------------------------------------
@@ -338,6 +365,15 @@ class DifferentialEngine:
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             return "flatten"
         return "opaque"
+
+    def _row_cost(self, m: nn.Module, rows: Tensor) -> float:
+        """Fraction of a dense product spent on ``rows`` output channels (conv subsets are padded)."""
+        n_out = m.weight.shape[0]
+        if rows.numel() == 0:
+            return 0.0
+        if isinstance(m, nn.Conv2d):
+            return min(n_out, -(-rows.numel() // self.row_multiple) * self.row_multiple) / n_out
+        return rows.numel() / n_out
 
     def _rows_out(self, t: int, path: str, x: Tensor, rows: Tensor) -> Tensor:
         """Task ``t``'s module at ``path`` on input ``x``, output channels ``rows`` only."""
@@ -410,10 +446,10 @@ class DifferentialEngine:
         # kind == "linear": Conv2d or Linear
         n_out, n_in = m.weight.shape[0], m.weight.shape[1]
         if act.is_shared:
-            if rows.numel() / n_out <= self.break_even:
+            if self._row_cost(m, rows) <= self._be:
                 return _diff(base(path), rows, self._rows_out(t, path, act.base, rows))
             return _Act.dense(m(act.base))
-        if act.idx.numel() / n_in + rows.numel() / n_out > self.break_even:
+        if act.idx.numel() / n_in + self._row_cost(m, rows) > self._be:
             return _Act.dense(m(act.full()))
         out = base(path)
         if rows.numel():
@@ -460,16 +496,30 @@ class DifferentialEngine:
                 self._residual(t, step, act, base)
         return act.full(), prev.full()
 
-    def _guard(self, t: int, logits: Tensor, last_input: Tensor | None, batch: Callable[[], Tensor]) -> Tensor:
+    def _dense_from(self, t: int, base: Callable[[str], Tensor]) -> Tensor:
+        """Task ``t``'s dense network from its first changed module on, fed the shared base activation.
+
+        Bit for bit ``tasks[t](x)``: the modules before the first change compute
+        the same values in both networks, and from there the dense modules run.
+        """
+        f = self._first[t]
+        h = base(self._in_path(f))
+        for step in self._ir[f:]:
+            h = self._task_mods[t][step.path](h)
+        return h
+
+    def _guard(self, t: int, logits: Tensor, last_input: Tensor | None, exact: bool,
+               base: Callable[[str], Tensor]) -> Tensor:
         """The near-tie guard: dense logits for the whole batch if any top-two margin is within tolerance.
 
         Tolerance per sample: ``tie_tol * scale`` with ``scale = max_j (|W_j| . |h| + |b_j|)``
         for a final Linear with input ``h`` (the magnitude float32 rounding of the
         logits scales with), else ``max_j |logit_j|``; at least ``tie_tol``.
         Tasks computed only by bitwise-exact steps (shared modules and dense
-        recomputation) skip the guard.
+        recomputation) skip the guard. The dense logits are computed from the
+        shared prefix (:meth:`_dense_from`), bitwise equal to the full dense forward.
         """
-        if logits.shape[1] < 2 or self._exact.get(t, False):
+        if logits.shape[1] < 2 or exact:
             return logits
         top = logits.topk(2, dim=1).values
         margin = top[:, 0] - top[:, 1]
@@ -483,28 +533,44 @@ class DifferentialEngine:
             scale = logits.abs().max(1).values
         if bool((margin <= self.tie_tol * scale.clamp(min=1.0)).any()):
             self.stats.fallbacks[t] += 1
-            return self.tasks[t](batch())
+            return self._dense_from(t, base)
         return logits
 
     # -- public --------------------------------------------------------------------------------
 
-    def base_activations(self, x: Tensor, tasks: Sequence[int] | None = None) -> dict[str, Tensor]:
-        """The base activations that ``tasks`` (default: all) read for batch ``x`` (B, C, H, W)."""
-        needs, _ = self._plan_needs(tuple(x.shape[1:]), x.device, x.dtype)
-        ts = range(self.num_tasks) if tasks is None else tasks
-        want = set().union(*(needs[t] for t in ts)) if ts else set()
-        stop = max((_top(p) for p in want), default=-1) + 1
-        with torch.no_grad():
-            return self._base_forward(x, want, stop)
+    def _select(self, tasks: Sequence[int] | None) -> list[int]:
+        ts = list(range(self.num_tasks)) if tasks is None else list(tasks)
+        bad = [t for t in ts if not 0 <= t < self.num_tasks]
+        if bad:
+            raise UserError(f"task index {bad[0]} out of range (the engine holds {self.num_tasks} tasks)")
+        return ts
 
-    def forward_from(self, base: dict[str, Tensor], batch: Callable[[], Tensor],
-                     tasks: Sequence[int] | None = None) -> list[Tensor]:
-        """Logits of ``tasks`` (default: all) from recorded base activations.
+    def base_activations(self, x: Tensor, tasks: Sequence[int] | None = None,
+                         mode: str = "live") -> dict[str, Tensor]:
+        """The base activations that ``tasks`` (default: all) read for batch ``x`` (B, C, H, W).
 
-        ``batch()`` must return the input batch these activations came from; it is
-        called only when the near-tie guard needs the dense network.
+        Includes ``"input"`` (``x`` itself) when a task's first change is the first module.
         """
-        ts = range(self.num_tasks) if tasks is None else tasks
+        ts = self._select(tasks)
+        be = self._effective_break_even(mode, len(ts))
+        plan = self._plan(tuple(x.shape[1:]), x.device, x.dtype, be)
+        want = set().union(*(plan.needs[t] for t in ts)) if ts else set()
+        with torch.no_grad():
+            return self._base_forward(x, want, plan.stop(ts))
+
+    def forward_from(self, base: dict[str, Tensor], input_shape: Sequence[int], tasks: Sequence[int] | None = None,
+                     mode: str = "live") -> list[Tensor]:
+        """Logits of ``tasks`` (default: all) from base activations of one batch of ``(C, H, W)`` inputs.
+
+        ``base``: what :meth:`base_activations` returned for the same ``tasks`` and
+        ``mode`` (``"live"``: computed for this call; ``"trace"``: recorded
+        earlier, so reading more of them costs nothing; see
+        :meth:`_effective_break_even`).
+        """
+        ts = self._select(tasks)
+        be = self._effective_break_even(mode, len(ts))
+        device = next(iter(base.values())).device
+        plan = self._plan(tuple(input_shape), device, next(iter(base.values())).dtype, be)
 
         def get(p: str) -> Tensor:
             try:
@@ -517,15 +583,17 @@ class DifferentialEngine:
         with torch.no_grad():
             self.stats.batches += 1
             for t in ts:
-                out.append(self._guard(t, *self._raw_task(t, get), batch))
+                self._be = be
+                logits, last_input = self._raw_task(t, get)
+                out.append(self._guard(t, logits, last_input, plan.exact[t], get))
         return out
 
     def forward(self, x: Tensor, tasks: Sequence[int] | None = None) -> list[Tensor]:
         """Logits ``(B, num_classes_t)`` of every task in ``tasks`` (default: all) on batch ``x``."""
-        return self.forward_from(self.base_activations(x, tasks), lambda: x, tasks)
+        ts = self._select(tasks)
+        return self.forward_from(self.base_activations(x, ts, "live"), x.shape[1:], ts, "live")
 
     def task_forward(self, t: int) -> Callable[[Tensor], Tensor]:
         """A ``forward(batch) -> logits`` for task ``t`` alone (for a certifier taking a forward)."""
-        if not 0 <= t < self.num_tasks:
-            raise UserError(f"task index {t} out of range (the engine holds {self.num_tasks} tasks)")
+        self._select([t])
         return lambda x: self.forward(x, [t])[0]

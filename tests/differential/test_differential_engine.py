@@ -21,6 +21,11 @@ def _base(arch: str, seed: int = 1, channels: int = 3, size: int = 32) -> nn.Mod
     return model.eval()
 
 
+def _trace_forward(eng: DifferentialEngine, x: torch.Tensor, tasks=None) -> list[torch.Tensor]:
+    """The engine as a base trace drives it: base activations given, sparse paths wherever they pay."""
+    return eng.forward_from(eng.base_activations(x, tasks, mode="trace"), x.shape[1:], tasks, mode="trace")
+
+
 def _tasks(base, pattern, density, allocation, n=2, seed=2, num_classes=10):
     g = torch.Generator().manual_seed(seed)
     return [random_finetuned(base, pattern, density, allocation=allocation, change_bn=True, generator=g,
@@ -32,16 +37,23 @@ def _tasks(base, pattern, density, allocation, n=2, seed=2, num_classes=10):
 def test_engine_equals_dense_random_deltas(arch, pattern):
     base = _base(arch)
     x = torch.rand(48, 3, 32, 32)
+    inexact = 0
     for allocation in ("uniform", "late"):
         for density in (0.02, 0.08, 0.64):
             tasks = _tasks(base, pattern, density, allocation)
             raw = DifferentialEngine(base, tasks, tie_tol=-1.0)  # guard off: the engine's own values
             guarded = DifferentialEngine(base, tasks)
-            for t, (r, g) in enumerate(zip(raw.forward(x), guarded.forward(x))):
+            inexact += sum(not p.exact for p in raw.plans((3, 32, 32), "trace"))
+            outputs = zip(_trace_forward(raw, x), _trace_forward(guarded, x), raw.forward(x), guarded.forward(x))
+            for t, (r, g, r_live, g_live) in enumerate(outputs):
                 dense = tasks[t](x)
                 assert r.shape == dense.shape
                 assert (r - dense).abs().max().item() <= 1e-4, (allocation, density)
+                assert (r_live - dense).abs().max().item() <= 1e-4, (allocation, density)
                 assert torch.equal(g.argmax(1), dense.argmax(1)), (allocation, density)
+                assert torch.equal(g_live.argmax(1), dense.argmax(1)), (allocation, density)
+    if pattern == "structured" or (pattern == "groupwise" and arch == "cnn_small"):
+        assert inexact > 0  # channel-sparse paths (not bitwise exact) were exercised
 
 
 def test_cnn_7layer_small_batch_equals_dense():
@@ -50,7 +62,7 @@ def test_cnn_7layer_small_batch_equals_dense():
     for pattern in PATTERNS:
         tasks = _tasks(base, pattern, 0.08, "late") + _tasks(base, pattern, 0.04, "uniform", n=1)
         eng = DifferentialEngine(base, tasks, tie_tol=-1.0)
-        for out, task in zip(eng.forward(x), tasks):
+        for out, task in zip(_trace_forward(eng, x), tasks):
             assert (out - task(x)).abs().max().item() <= 1e-4
         plans = eng.plans((3, 32, 32))
         assert plans[0].first_changed is not None and plans[0].shared_fraction > 0.5  # late: long shared prefix
@@ -79,11 +91,16 @@ def test_dense_switch_is_bitwise_and_never_switch_is_close(arch):
     tasks = _tasks(base, "structured", 0.64, "uniform") + _tasks(base, "structured", 0.04, "late", n=1)
     always_dense = DifferentialEngine(base, tasks, break_even=0.0)
     never_dense = DifferentialEngine(base, tasks, break_even=1.0, tie_tol=-1.0)
+    assert all(p.exact for p in always_dense.plans((3, 32, 32), "trace"))
+    assert not any(p.exact for p in never_dense.plans((3, 32, 32), "trace"))
     for t, task in enumerate(tasks):
         dense = task(x)
         # Above break-even every changed module runs densely from the shared prefix: bit for bit.
+        assert torch.equal(_trace_forward(always_dense, x, [t])[0], dense)
         assert torch.equal(always_dense.forward(x, [t])[0], dense)
-        assert (never_dense.forward(x, [t])[0] - dense).abs().max().item() <= 1e-4
+        assert (_trace_forward(never_dense, x, [t])[0] - dense).abs().max().item() <= 1e-4
+    # live, one task: base activations past the first change would cost extra, so it runs densely
+    assert all(p.exact for p in DifferentialEngine(base, tasks[:1]).plans((3, 32, 32), "live"))
 
 
 def test_structured_delta_rows_are_exactly_the_changed_channels():
@@ -102,7 +119,6 @@ def test_structured_delta_rows_are_exactly_the_changed_channels():
 
 def test_near_tie_guard_falls_back_to_the_dense_network():
     base = _base("cnn_small")
-    tuned = _tasks(base, "structured", 0.08, "late", n=1)[0]
     x = torch.rand(64, 3, 32, 32)
     calibrate_batchnorm(base, x)
     tuned = _tasks(base, "structured", 0.08, "late", n=1)[0]
@@ -111,11 +127,12 @@ def test_near_tie_guard_falls_back_to_the_dense_network():
         tuned[-1].weight[1] = tuned[-1].weight[0]
         tuned[-1].bias[1] = tuned[-1].bias[0]
     eng = DifferentialEngine(base, [tuned])
+    assert not eng.plans((3, 32, 32), "trace")[0].exact
     dense = tuned(x)
     assert (dense[:, :2].max(1).values >= dense.max(1).values).any()  # some sample is a tie at the top
-    out = eng.forward(x)[0]
+    out = _trace_forward(eng, x)[0]
     assert eng.stats.fallbacks == [1]
-    assert torch.equal(out, dense)
+    assert torch.equal(out, dense)  # the fallback is the dense network, bit for bit
 
 
 def test_bad_inputs_are_user_errors():

@@ -1,0 +1,374 @@
+"""Benchmark of the exact sparse differential engine for randomized smoothing; last line: one JSON object.
+
+    flock /tmp/abcrown_bench.lock python tools/bench_smoothing.py [--n 1000] [--batch-size 200]
+        [--ks 1,8,64] [--models cnn_7layer,resnet18_nr] [--tasks 10] [--threads 1] [--out results/bench_smoothing]
+
+For each model, sparsity pattern (unstructured, structured, groupwise), updated
+ratio k and mask allocation, a fine-tuned network is made from the base with
+the transfer package's DiffPruning masks (``unit_layout`` + ``build_mask``,
+random unit scores, random delta values, new centred classifier):
+``uniform`` = no frozen prefix; ``verification-aware`` = the largest
+``frozen_prefix`` whose layers still hold the k budget (the option that
+maximises the reusable prefix). Weights are random (no trained checkpoints are
+shipped); BatchNorm statistics are calibrated on noisy inputs and the
+classifier is centred so that predictions vary under noise as a trained
+network's do.
+
+Timed on the same image, the same noise (same generator seed) and the same n:
+
+- ``dense``: ``sample_counts`` of the dense fine-tuned network (the certifier's
+  estimation step);
+- ``trace``: the engine replaying a base trace (the base's activations on that
+  noise, recorded once while certifying the base: seed 000's "reuse the
+  pre-training verification results"); ``speedup`` = dense / trace replay;
+- ``live``: the engine alone for this one network, base prefix recomputed
+  (``speedup_live``);
+- multi-task: T networks (structured, k = 8 %, verification-aware, each its own
+  delta and classifier) by T dense runs vs one shared pass
+  (``multitask_speedup``);
+- ``dense_overhead``: ``certify`` of the dense base / raw batched forward
+  passes over the same noisy inputs;
+- ``break_even``: fraction of output (``rows``) or input (``inputs``) channels
+  at which a channel-subset convolution of cnn_7layer's largest layer stops
+  being faster than the dense one; and the unstructured 1 % sparse product
+  (im2col + CSR) against the dense convolution.
+
+Every count is compared with the dense one (``exact``), and the engine's raw
+logits (guard off) with the dense logits on one noise batch (``max_abs_diff``).
+Writes ``table.md`` (seed 000 Table 1/3 form: time saved per pattern and k)
+and ``results.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import model_zoo
+from abcrown_plugins.data import load_dataset
+from abcrown_plugins.differential import BREAK_EVEN, DifferentialEngine
+from abcrown_plugins.differential.certify import multitask_counts, record_trace, trace_counts
+from abcrown_plugins.differential.delta import calibrate_batchnorm, center_classifier
+from abcrown_plugins.report import markdown_table, write_markdown
+from abcrown_plugins.runtime import set_progress
+from abcrown_plugins.smoothing.certify import certify, noise_batches, sample_counts
+from abcrown_plugins.checkpoints import atomic_write_text
+from abcrown_plugins.transfer.masks import build_mask, classifier_names, layer_order, unit_layout
+
+PATTERNS = ("unstructured", "structured", "groupwise")
+ALLOCATIONS = ("verification-aware", "uniform")
+SIGMA = 0.25
+
+
+def _timed(fn, repeats: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def _base(arch: str, x: torch.Tensor, seed: int) -> tuple[nn.Module, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = model_zoo.build_model(arch, in_channels=3, input_size=32, num_classes=10)
+    with torch.no_grad():
+        for m in base.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.25)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    calib = next(noise_batches(x, 256, SIGMA, 256, torch.Generator().manual_seed(seed + 1)))
+    calibrate_batchnorm(base, calib)
+    return base.eval(), calib
+
+
+_LAYOUTS: dict[tuple, object] = {}
+
+
+def _layout(model: nn.Module, arch: str, pattern: str, frozen: int):
+    key = (arch, pattern, frozen)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = unit_layout(model, pattern, frozen_prefix=frozen)
+    return _LAYOUTS[key]
+
+
+def _frozen_prefix(model: nn.Module, arch: str, pattern: str, k: float) -> int:
+    """The verification-aware allocation: the largest frozen prefix whose remaining layers hold k."""
+    layers = int(_layout(model, arch, "unstructured", 0).layer.max()) + 1
+    best = 0
+    for f in range(layers):
+        layout = _layout(model, arch, pattern, f)
+        if int(layout.size.sum()) >= round(k * layout.total):
+            best = f
+    return best
+
+
+def _finetuned(base: nn.Module, arch: str, calib: torch.Tensor, pattern: str, k: float, frozen: int, classes: int,
+               seed: int) -> tuple[nn.Module, float]:
+    g = torch.Generator().manual_seed(seed)
+    tuned = copy.deepcopy(base).eval()
+    layout = _layout(base, arch, pattern, frozen)
+    params = dict(tuned.named_parameters())
+    scores = {n: torch.rand(p.shape, generator=g) for n, p in params.items()}
+    mask = build_mask(tuned, layout, scores, k)
+    cls = set(classifier_names(tuned))
+    changed = 0
+    with torch.no_grad():
+        for n, m in mask.items():
+            if n in cls:
+                continue
+            p = params[n]
+            changed += int(m.sum())
+            p += m * (0.3 * (float(p.std()) if p.numel() > 1 else 0.1)) * torch.randn(p.shape, generator=g)
+        last_name, last = layer_order(tuned)[-1]
+        new = nn.Linear(last.in_features, classes)
+        parent, _, attr = last_name.rpartition(".")
+        setattr(tuned.get_submodule(parent) if parent else tuned, attr, new)
+    center_classifier(tuned, calib)
+    return tuned.eval(), changed / layout.total
+
+
+def _break_even(repeats: int) -> dict:
+    """Channel-subset vs dense convolution on cnn_7layer's largest layer (128->128, 4x4, stride 2, 8x8 input)."""
+    torch.manual_seed(0)
+    x = torch.randn(200, 128, 8, 8)
+    w = torch.randn(128, 128, 4, 4)
+    conv = lambda a, b: F.conv2d(a, b, None, 2, 1)  # noqa: E731
+    _, dense = _timed(lambda: conv(x, w), repeats + 2)
+    rows, inputs = {}, {}
+    for frac in (0.0625, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875):
+        c = int(128 * frac)
+        ws = w[:c].contiguous()
+        _, rows[frac] = _timed(lambda: conv(x, ws), repeats + 2)
+        wi = w[:, :c].contiguous()
+        idx = torch.arange(c)
+        _, inputs[frac] = _timed(lambda: conv(x[:, idx], wi), repeats + 2)
+    be_rows = next((f for f, t in rows.items() if t >= dense), 1.0)
+    be_inputs = next((f for f, t in inputs.items() if t >= dense), 1.0)
+    d = w * (torch.rand(w.shape) < 0.01)
+    csr = d.reshape(128, -1).to_sparse_csr()
+
+    def sparse_product():
+        cols = F.unfold(x, 4, padding=1, stride=2)  # (B, 2048, 16)
+        return torch.sparse.mm(csr, cols.transpose(0, 1).reshape(2048, -1))
+
+    _, sparse = _timed(sparse_product, repeats + 2)
+    return {"rows": be_rows, "inputs": be_inputs, "dense_ms": round(dense * 1e3, 2),
+            "rows_ms": {str(f): round(t * 1e3, 2) for f, t in rows.items()},
+            "inputs_ms": {str(f): round(t * 1e3, 2) for f, t in inputs.items()},
+            "unstructured_1pct_sparse_over_dense": round(sparse / dense, 2)}
+
+
+def _engine_break_even(x: torch.Tensor, seed: int, repeats: int) -> list[dict]:
+    """Trace-mode replay time of one batch against the engine's break-even, structured deltas in conv4+."""
+    base, calib = _base("cnn_7layer", x, seed)
+    batch = next(noise_batches(x, 200, SIGMA, 200, torch.Generator().manual_seed(3)))
+    out = []
+    for frozen, k in ((3, 0.05), (3, 0.15), (3, 0.3), (2, 0.5)):
+        tuned, _ = _finetuned(base, "cnn_7layer", calib, "structured", k, frozen, 10, seed=8)
+        row = {"frozen_prefix": frozen, "k": k}
+        for be in (0.0, 0.25, 0.5, 0.75, 1.0):
+            eng = DifferentialEngine(base, [tuned], break_even=be, tie_tol=-1.0)
+            rec = eng.base_activations(batch, mode="trace")
+            _, t = _timed(lambda: eng.forward_from(rec, x.shape, mode="trace"), repeats + 2)
+            row[str(be)] = round(t * 1e3, 1)
+        out.append(row)
+    return out
+
+
+def _max_abs_diff(base, tuned, x, bs) -> float:
+    """Raw engine logits (guard off, trace mode: every sparse path that pays is taken) vs dense, one batch."""
+    batch = next(noise_batches(x, bs, SIGMA, bs, torch.Generator().manual_seed(123)))
+    raw = DifferentialEngine(base, [tuned], tie_tol=-1.0)
+    with torch.no_grad():
+        out = raw.forward_from(raw.base_activations(batch, mode="trace"), x.shape, mode="trace")[0]
+        return float((out - tuned(batch)).abs().max())
+
+
+def bench_model(arch: str, x: torch.Tensor, args, log) -> dict:
+    base, calib = _base(arch, x, args.seed)
+    rows, exact, max_diff, fallbacks, trace_mb = [], True, 0.0, 0, 0.0
+    for pattern in PATTERNS:
+        for alloc in ALLOCATIONS:
+            for kp in args.ks:
+                k = kp / 100
+                frozen = _frozen_prefix(base, arch, pattern, k) if alloc == "verification-aware" else 0
+                tuned, achieved = _finetuned(base, arch, calib, pattern, k, frozen, 10, seed=args.seed + int(kp))
+                eng = DifferentialEngine(base, [tuned])
+                eng.plans(tuple(x.shape))
+                gen = lambda: torch.Generator().manual_seed(args.seed + 7)  # noqa: E731 - same noise for all
+                dense, t_dense = _timed(lambda: sample_counts(tuned, x, args.n, SIGMA, 10, args.batch_size, gen()),
+                                        args.repeats)
+                trace = record_trace(eng, x, args.n, SIGMA, args.batch_size, gen())
+                replay, t_trace = _timed(lambda: trace_counts(eng, trace)[0], args.repeats)
+                live, t_live = _timed(lambda: multitask_counts(eng, x, args.n, SIGMA, args.batch_size, gen())[0],
+                                      args.repeats)
+                same = torch.equal(dense, replay) and torch.equal(dense, live)
+                exact &= same
+                diff = _max_abs_diff(base, tuned, x, args.batch_size)
+                max_diff = max(max_diff, diff)
+                fallbacks += sum(eng.stats.fallbacks)
+                trace_mb = max(trace_mb, trace.nbytes / 2**20)
+                plan = eng.plans(tuple(x.shape))[0]
+                row = {"model": arch, "pattern": pattern, "allocation": alloc, "k": kp,
+                       "achieved_k": round(achieved * 100, 2), "frozen_prefix": frozen,
+                       "first_changed": plan.first_changed, "dense_s": round(t_dense, 3),
+                       "trace_s": round(t_trace, 3), "live_s": round(t_live, 3), "record_s": round(trace.record_s, 3),
+                       "speedup": round(t_dense / t_trace, 2), "speedup_live": round(t_dense / t_live, 2),
+                       "saved_pct": round(100 * (1 - t_trace / t_dense), 1),
+                       "saved_live_pct": round(100 * (1 - t_live / t_dense), 1),
+                       "exact": same, "max_abs_diff": diff, "fallbacks": sum(eng.stats.fallbacks),
+                       "trace_mb": round(trace.nbytes / 2**20, 1), "classes_used": int((dense > 0).sum())}
+                rows.append(row)
+                log(f"{arch:12s} {pattern:12s} {alloc:18s} k={kp:>2}% (got {row['achieved_k']:5.2f}%, frozen "
+                    f"{frozen}, first change {plan.first_changed}) dense {t_dense:.3f}s trace {t_trace:.3f}s "
+                    f"live {t_live:.3f}s -> x{row['speedup']:.2f} (live x{row['speedup_live']:.2f}) "
+                    f"exact={same} diff={diff:.1e} fallbacks={row['fallbacks']}")
+    # multi-task: T verification-aware structured k=8% networks, one noise draw
+    mt = {}
+    for pattern, alloc in (("structured", "verification-aware"), ("unstructured", "verification-aware"),
+                           ("structured", "uniform")):
+        k = 0.08
+        frozen = _frozen_prefix(base, arch, pattern, k) if alloc == "verification-aware" else 0
+        tasks = [_finetuned(base, arch, calib, pattern, k, frozen, 10, seed=1000 + i)[0] for i in range(args.tasks)]
+        eng = DifferentialEngine(base, tasks)
+        eng.plans(tuple(x.shape))
+        gen = lambda: torch.Generator().manual_seed(args.seed + 11)  # noqa: E731
+        dense, t_dense = _timed(lambda: [sample_counts(t, x, args.n, SIGMA, 10, args.batch_size, gen())
+                                         for t in tasks], args.repeats)
+        shared, t_shared = _timed(lambda: multitask_counts(eng, x, args.n, SIGMA, args.batch_size, gen()),
+                                  args.repeats)
+        same = all(torch.equal(a, b) for a, b in zip(dense, shared))
+        exact &= same
+        fallbacks += sum(eng.stats.fallbacks)
+        key = f"{pattern}/{alloc}"
+        mt[key] = {"dense_s": round(t_dense, 3), "shared_s": round(t_shared, 3),
+                   "speedup": round(t_dense / t_shared, 2), "exact": same, "fallbacks": sum(eng.stats.fallbacks)}
+        log(f"{arch:12s} multi-task T={args.tasks} {key}: {args.tasks} dense {t_dense:.3f}s, shared "
+            f"{t_shared:.3f}s -> x{t_dense / t_shared:.2f} exact={same}")
+    # dense certifier overhead: certify() vs raw forward passes on the same noisy inputs
+    n0 = max(1, args.n // 10)
+    _, t_cert = _timed(lambda: certify(base, x, n0, args.n, 0.001, SIGMA, 10, args.batch_size, gen()),
+                       args.repeats)
+    g = gen()
+    inputs = list(noise_batches(x, n0, SIGMA, args.batch_size, g)) + \
+        list(noise_batches(x, args.n, SIGMA, args.batch_size, g))
+
+    def raw():
+        with torch.no_grad():
+            for b in inputs:
+                base(b)
+
+    _, t_raw = _timed(raw, args.repeats)
+    log(f"{arch:12s} dense certify {t_cert:.3f}s vs raw forward {t_raw:.3f}s -> overhead x{t_cert / t_raw:.3f}")
+    return {"rows": rows, "multitask": mt, "exact": exact, "max_abs_diff": max_diff, "fallbacks": fallbacks,
+            "trace_mb": round(trace_mb, 1), "dense_overhead": round(t_cert / t_raw, 3)}
+
+
+def table(results: dict, ks) -> str:
+    lines = ["Time saved (%) by the exact differential engine against the dense certifier "
+             "(seed 000 Table 1/3 form; same image, noise and n). `trace`: base trace reused "
+             "(the base's certification work); `live`: this network alone, shared prefix recomputed.", ""]
+    out = []
+    for arch, res in results.items():
+        for pattern in PATTERNS:
+            for alloc in ALLOCATIONS:
+                for acc, key in (("trace", "saved_pct"), ("live", "saved_live_pct")):
+                    row = {"arch": arch, "pattern": pattern, "allocation": alloc, "accounting": acc}
+                    for r in res["rows"]:
+                        if r["pattern"] == pattern and r["allocation"] == alloc:
+                            row[str(r["k"])] = f"{r[key]:.1f}"
+                    out.append(row)
+    cols = ["arch", "pattern", "allocation", "accounting"] + [str(k) for k in ks]
+    heads = ["Architecture", "Sparsity pattern", "Allocation", "Accounting"] + [f"k={k}%" for k in ks]
+    lines.append(markdown_table(out, cols, heads))
+    lines += ["", f"Multi-task (T networks, one noise draw; speedup = T dense runs / one shared pass):", ""]
+    mt_rows = [{"arch": a, "config": key, **v} for a, res in results.items() for key, v in res["multitask"].items()]
+    lines.append(markdown_table(mt_rows, ["arch", "config", "dense_s", "shared_s", "speedup", "exact"],
+                                ["Architecture", "Deltas (k=8%)", "T dense (s)", "shared (s)", "speedup", "exact"]))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000, help="noise samples per measurement")
+    ap.add_argument("--batch-size", type=int, default=200)
+    ap.add_argument("--ks", default="1,8,64", help="updated-parameter ratios in percent (all: 1,2,4,8,16,32,64)")
+    ap.add_argument("--models", default="cnn_7layer,resnet18_nr")
+    ap.add_argument("--tasks", type=int, default=10, help="T for the multi-task measurement")
+    ap.add_argument("--repeats", type=int, default=1, help="timings take the best of this many runs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="results/bench_smoothing")
+    args = ap.parse_args()
+    args.ks = [int(k) for k in args.ks.split(",")]
+    torch.set_num_threads(args.threads)
+    set_progress(False)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    models = [m if m in model_zoo.MODELS else "resnet_small" for m in args.models.split(",")]
+    test = load_dataset("synthetic", "test", num=8)
+    x = test[0][0]
+    t0 = time.perf_counter()
+    log(f"break-even measurement ...")
+    be = _break_even(args.repeats)
+    log(f"break-even: rows {be['rows']}, inputs {be['inputs']}, unstructured 1% sparse/dense "
+        f"{be['unstructured_1pct_sparse_over_dense']}")
+    engine_be = _engine_break_even(x, args.seed, args.repeats)
+    log("engine break-even (replay ms per batch of 200 by break_even): "
+        + "; ".join(f"frozen {r['frozen_prefix']} k {r['k']}: " + ", ".join(f"{b}={r[b]}" for b in
+                                                                            ("0.0", "0.25", "0.5", "0.75", "1.0"))
+                    for r in engine_be))
+    results = {arch: bench_model(arch, x, args, log) for arch in models}
+    out = Path(args.out)
+    md = table(results, args.ks)
+    write_markdown(out / "table.md", md)
+    atomic_write_text(out / "results.json", json.dumps({"break_even": be, "engine_break_even": engine_be,
+                                                        "results": results}, indent=1) + "\n")
+    target_rows = [r for res in results.values() for r in res["rows"]
+                   if r["pattern"] == "structured" and r["allocation"] == "verification-aware" and r["k"] <= 8]
+    speedup = {a: {f"{r['pattern']}/{r['allocation']}/{r['k']}": r["speedup"] for r in res["rows"]}
+               for a, res in results.items()}
+    speedup_live = {a: {f"{r['pattern']}/{r['allocation']}/{r['k']}": r["speedup_live"] for r in res["rows"]}
+                    for a, res in results.items()}
+    mt = {a: res["multitask"]["structured/verification-aware"]["speedup"] for a, res in results.items()}
+    overhead = {a: res["dense_overhead"] for a, res in results.items()}
+    summary = {
+        "benchmark": "smoothing_differential", "models": models, "n": args.n, "batch_size": args.batch_size,
+        "sigma": SIGMA, "ks": args.ks, "tasks": args.tasks, "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "wall_s": round(time.perf_counter() - t0, 1),
+        "exact": all(res["exact"] for res in results.values()),
+        "max_abs_diff": max(res["max_abs_diff"] for res in results.values()),
+        "fallbacks": sum(res["fallbacks"] for res in results.values()),
+        "speedup": speedup, "speedup_live": speedup_live,
+        "multitask_speedup": mt,
+        "multitask_other": {a: {k: v["speedup"] for k, v in res["multitask"].items()} for a, res in results.items()},
+        "dense_overhead": overhead,
+        "break_even": {"rows": be["rows"], "inputs": be["inputs"],
+                       "unstructured_1pct_sparse_over_dense": be["unstructured_1pct_sparse_over_dense"],
+                       "engine_default": BREAK_EVEN,
+                       "engine_best": [max(("0.0", "0.25", "0.5", "0.75", "1.0"), key=lambda b: -r[b])
+                                       for r in engine_be]},
+        "trace_mb": {a: res["trace_mb"] for a, res in results.items()},
+        "targets": {
+            "structured_k<=8%_verification_aware_>=3x": {a: min(r["speedup"] for r in target_rows if r["model"] == a)
+                                                         >= 3.0 for a in models},
+            "multitask_>=5x": {a: v >= 5.0 for a, v in mt.items()},
+            "dense_overhead_<=1.2x": {a: v <= 1.2 for a, v in overhead.items()},
+        },
+        "table": str(out / "table.md"),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -121,6 +121,7 @@ def _abcrown() -> tuple[Path, Path] | None:
 
 @pytest.mark.external
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's legacy ONNX exporter, used on purpose
 def test_hook_runs_in_real_abcrown(tmp_path):
     found = _abcrown()
     if found is None:

@@ -97,3 +97,17 @@ def test_registry_lists_names():
         make_regularizer("nrss", 0.1)
     with pytest.raises(ValueError):
         StabilityTerm("l2", 0.1)
+
+
+def test_fused_nrs_backward_matches_autograd():
+    from abcrown_plugins.regularizers.stability import _NormalisedProductTanh
+
+    g = torch.Generator().manual_seed(0)
+    lo = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
+    hi = lo + torch.rand(3, 4, 2, 2, generator=g, dtype=torch.float64)
+    c1 = torch.rand(1, 4, 1, 1, generator=g, dtype=torch.float64) + 0.5
+    c0 = torch.randn(1, 4, 1, 1, generator=g, dtype=torch.float64)
+    inputs = (lo.requires_grad_(), hi.requires_grad_(), c1, c0.requires_grad_())
+    assert torch.autograd.gradcheck(_NormalisedProductTanh.apply, inputs)
+    ref = torch.tanh(1 + (c1 * lo + c0) * (c1 * hi + c0)).sum()
+    assert torch.allclose(_NormalisedProductTanh.apply(*inputs), ref)

@@ -1,0 +1,148 @@
+"""Benchmark the pruning toolkit; last line: one JSON object.
+
+    flock /tmp/abcrown_bench.lock python tools/bench_pruning.py [--threads 1] [--steps 6]
+
+* ``nrs_overhead_ibp``: training-step time with NRSLoss / without, IBP certified training
+  of cnn_7layer at the full radius (the regulariser reuses the objective's bounds);
+  target <= 1.1;
+* ``nrs_overhead_adv``: the same under FGSM+GradAlign (NRSLoss needs its own IBP pass);
+  target <= 1.5;
+* ``flop_ratio``: MACs of the masked cnn_7layer (50% of the channels of every prunable
+  conv pruned by |gamma|) / MACs of its physically compacted copy;
+* ``compaction_speedup``: time of IBP verification (margin bounds, eval mode) of the
+  masked model / of the compacted one; target >= 0.8 x flop_ratio.
+
+Timings are medians over interleaved repetitions (``--steps``) after a warm-up, on
+synthetic data, so they measure compute, not data loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from abcrown_plugins.bounds import input_box, interval_propagate, margin_spec
+from abcrown_plugins.data import load_dataset
+from abcrown_plugins.models import model_for
+from abcrown_plugins.pruning.channels import bn_of, channel_density, ones_channel_mask, prune_channels_by_score
+from abcrown_plugins.pruning.channels import channel_to_weight_mask
+from abcrown_plugins.pruning.compaction import compact
+from abcrown_plugins.pruning.flops import count_macs
+from abcrown_plugins.regularizers import StabilityTerm
+from abcrown_plugins.training import TrainSettings, ibp_init, make_objective
+from abcrown_plugins.config import build_config
+
+
+def _step_timer(model, objective, reg, x, y, eps, opt):
+    def step():
+        t0 = time.perf_counter()
+        out = objective(model, x, y, eps)
+        loss = out.loss
+        if reg is not None:
+            loss = loss + reg.term(model, x, eps, out.bounds)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+    return step
+
+
+def overhead(method: str, x, y, eps: float, steps: int) -> dict:
+    cfg = build_config({"training": {"method": method, "eps": eps}, "model": {"arch": "cnn_7layer"}})
+    s = TrainSettings.from_config(cfg)
+    torch.manual_seed(0)
+    info = load_dataset("synthetic", "test", num=1).info
+    model = model_for("cnn_7layer", info)
+    ibp_init(model)
+    model.train()
+    objective = make_objective(s, info.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)  # tiny steps: the network stays comparable
+    plain = _step_timer(model, objective, None, x, y, eps, opt)
+    nrs = _step_timer(model, objective, StabilityTerm("nrs", 0.01), x, y, eps, opt)
+    for f in (plain, nrs):
+        f()
+    a, b = [], []
+    for _ in range(steps):  # interleaved, so drift hits both alike
+        a.append(plain())
+        b.append(nrs())
+    return {"without_s": statistics.median(a), "with_s": statistics.median(b),
+            "ratio": statistics.median(b) / statistics.median(a)}
+
+
+@torch.no_grad()
+def compaction(x, y, eps: float, steps: int) -> dict:
+    torch.manual_seed(0)
+    info = load_dataset("synthetic", "test", num=1).info
+    model = model_for("cnn_7layer", info).eval()
+    for bn in bn_of(model).values():
+        bn.weight.uniform_(0.1, 1.0)
+        bn.running_var.uniform_(0.5, 1.5)
+    scores = {c: bn.weight.abs() for c, bn in bn_of(model).items()}
+    cmask = prune_channels_by_score(model, ones_channel_mask(model), scores, 0.5)
+    channel_to_weight_mask(model, cmask).apply_(model)
+    small = compact(model, cmask)
+    spec = margin_spec(y, info.num_classes)
+    lower, upper = input_box(x, eps)
+    dense_out = interval_propagate(model, lower, upper, spec=spec, record=False)
+    small_out = interval_propagate(small, lower, upper, spec=spec, record=False)
+    max_diff = float((dense_out.lower - small_out.lower).abs().max())
+    macs_masked, macs_small = count_macs(model, tuple(x.shape[1:])), count_macs(small, tuple(x.shape[1:]))
+
+    def timed(m):
+        t0 = time.perf_counter()
+        interval_propagate(m, lower, upper, spec=spec, record=False)
+        return time.perf_counter() - t0
+    timed(model), timed(small)
+    a, b = [], []
+    for _ in range(steps):
+        a.append(timed(model))
+        b.append(timed(small))
+    flop_ratio = macs_masked / macs_small
+    speedup = statistics.median(a) / statistics.median(b)
+    return {"channel_density": channel_density(cmask), "macs_masked": macs_masked, "macs_compacted": macs_small,
+            "flop_ratio": flop_ratio, "masked_s": statistics.median(a), "compacted_s": statistics.median(b),
+            "speedup": speedup, "max_bound_diff": max_diff}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--steps", type=int, default=6, help="timed repetitions per figure")
+    ap.add_argument("--batch", type=int, default=64, help="training batch size")
+    ap.add_argument("--verify-batch", type=int, default=256, help="verification batch size")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_dataset("synthetic", "test", num=max(args.batch, args.verify_batch))
+    x, y = next(data.batches(args.batch))
+    xv, yv = next(data.batches(args.verify_batch))
+    eps = 2 / 255
+    ibp = overhead("ibp", x, y, eps, args.steps)
+    adv = overhead("fgsm", x, y, eps, args.steps)
+    comp = compaction(xv, yv, eps, args.steps)
+    result = {
+        "benchmark": "pruning", "model": "cnn_7layer", "input": "3x32x32", "batch": args.batch,
+        "verify_batch": args.verify_batch, "torch_threads": torch.get_num_threads(), "cpu": platform.processor(),
+        "nrs_overhead_ibp": round(ibp["ratio"], 3), "nrs_overhead_ibp_target": 1.1,
+        "nrs_overhead_adv": round(adv["ratio"], 3), "nrs_overhead_adv_target": 1.5,
+        "flop_ratio": round(comp["flop_ratio"], 3), "compaction_speedup": round(comp["speedup"], 3),
+        "compaction_speedup_target": round(0.8 * comp["flop_ratio"], 3),
+        "within_targets": {"nrs_overhead_ibp": ibp["ratio"] <= 1.1, "nrs_overhead_adv": adv["ratio"] <= 1.5,
+                           "compaction_speedup": comp["speedup"] >= 0.8 * comp["flop_ratio"]},
+        "details": {"ibp_step_s": [round(ibp["without_s"], 4), round(ibp["with_s"], 4)],
+                    "adv_step_s": [round(adv["without_s"], 4), round(adv["with_s"], 4)],
+                    "ibp_verify_s": [round(comp["masked_s"], 4), round(comp["compacted_s"], 4)],
+                    "channel_density": round(comp["channel_density"], 4),
+                    "macs": [comp["macs_masked"], comp["macs_compacted"]],
+                    "max_bound_diff_masked_vs_compacted": comp["max_bound_diff"]},
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

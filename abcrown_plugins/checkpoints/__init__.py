@@ -27,6 +27,12 @@ from abcrown_plugins.errors import UserError
 FORMAT = "abcrown_plugins.checkpoint/1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, write) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, rename over ``path``."""
     path = Path(path)
@@ -37,6 +43,7 @@ def atomic_write_bytes(path: str | Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from abcrown_plugins.data import load_dataset
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.export.onnx_io import export_onnx, onnx_session, run_onnx
 from abcrown_plugins.export.vnnlib import write_robustness_vnnlib
-from abcrown_plugins.integration.models import checkpoint_model
+from abcrown_plugins.integration.models import checkpoint_model, resolve_checkpoint
 from abcrown_plugins.runtime import progress
 
 MAX_TOTAL_TIMEOUT_S = 6 * 3600
@@ -47,7 +47,7 @@ def parse_eps(text: str | float) -> float:
 
 def export_benchmark(checkpoint: str | Path, out: str | Path, n: int, eps: float, seed: int, timeout: float = 60.0,
                      data_root: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Write a benchmark folder for ``checkpoint`` at ``out``; returns a summary dict.
+    """Write a benchmark folder for ``checkpoint`` (a path or ``zoo:NAME``) at ``out``; returns a summary dict.
 
     The folder appears complete or not at all: it is built in a temporary
     sibling folder and renamed at the end.
@@ -62,6 +62,7 @@ def export_benchmark(checkpoint: str | Path, out: str | Path, n: int, eps: float
                         "benchmark; lower --n or --timeout")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"output folder '{out}' exists and is not empty; pass --force to replace it")
+    checkpoint = resolve_checkpoint(checkpoint)
     payload = checkpoints.load_model_checkpoint(checkpoint)
     model, compacted = checkpoint_model(payload)
     meta = payload["meta"]

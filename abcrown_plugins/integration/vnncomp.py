@@ -57,6 +57,7 @@ class InstanceResult:
     witness_checked: str   # "yes" (sat re-checked), "rejected", or "" (no witness)
     log: str
     note: str = ""
+    abcrown_time_s: float | None = None  # α,β-CROWN's own "Time:" (verification, without start-up)
 
 
 def read_instances(folder: Path) -> list[tuple[str, str, float]]:
@@ -74,6 +75,17 @@ def read_instances(folder: Path) -> list[tuple[str, str, float]]:
         except ValueError:
             raise UserError(f"{path}:{n}: timeout {row[2]!r} is not a number") from None
     return rows
+
+
+_TIME = re.compile(r"^Time:\s*([0-9.eE+-]+)\s*$", re.MULTILINE)
+
+
+def abcrown_time(log: Path) -> float | None:
+    """The last ``Time: S`` α,β-CROWN printed in ``log`` (its own timing of the instance)."""
+    if not log.is_file():
+        return None
+    found = _TIME.findall(log.read_text(errors="replace"))
+    return float(found[-1]) if found else None
 
 
 _PAIR = re.compile(r"\(\s*([XY])_(\d+)\s+([-+0-9.eEinfa]+)\s*\)")
@@ -174,13 +186,15 @@ def run_benchmark(folder: str | Path, out: str | Path, abcrown_config: str | Pat
             checked = "rejected" if why else "yes"
             if why:
                 result, note = "error", f"sat witness rejected: {why}"
-        results.append(InstanceResult(i, onnx, vnnlib, timeout, result, wall, checked, str(log), note))
+        results.append(InstanceResult(i, onnx, vnnlib, timeout, result, wall, checked, str(log), note,
+                                      abcrown_time(log)))
         write_results(out, results)
     write_results(out, results)
     return results
 
 
-COLUMNS = ["index", "onnx", "vnnlib", "timeout_s", "result", "runtime_s", "witness_checked", "log", "note"]
+COLUMNS = ["index", "onnx", "vnnlib", "timeout_s", "result", "runtime_s", "abcrown_time_s", "witness_checked", "log",
+           "note"]
 
 
 def write_results(out: Path, results: list[InstanceResult]) -> None:
@@ -191,5 +205,6 @@ def write_results(out: Path, results: list[InstanceResult]) -> None:
              "unsat = verified robust, sat = counterexample found (re-checked with onnxruntime).", "",
              "| " + " | ".join(RESULTS) + " | total |", "|" + "---:|" * (len(RESULTS) + 1),
              "| " + " | ".join(str(counts[k]) for k in RESULTS) + f" | {len(results)} |", "",
-             markdown_table(rows, ["index", "vnnlib", "result", "runtime_s", "witness_checked", "note"], digits=2)]
+             markdown_table(rows, ["index", "vnnlib", "result", "runtime_s", "abcrown_time_s", "witness_checked", "note"],
+                            digits=2)]
     write_markdown(out / "results.md", "\n".join(lines))

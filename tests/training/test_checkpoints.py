@@ -54,3 +54,12 @@ def test_not_a_model_checkpoint(tmp_path):
         checkpoints.load_model_checkpoint(p)
     with pytest.raises(UserError, match="not found"):
         checkpoints.load(tmp_path / "missing.pt")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        checkpoints.save(tmp_path / "c.pt", {"v": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644

@@ -75,12 +75,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def save_model_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
-                          masks: dict[str, torch.Tensor] | None = None) -> None:
-    """Write a model checkpoint in :data:`FORMAT` (weights already mask-folded)."""
-    save(path, {"format": FORMAT,
-                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-                "meta": meta,
-                "masks": {k: v.detach().cpu() for k, v in (masks or {}).items()}})
+                          masks: dict[str, torch.Tensor] | None = None,
+                          channel_masks: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a model checkpoint in :data:`FORMAT` (weights already mask-folded).
+
+    ``channel_masks`` (conv name -> bool per output channel) marks a channel-pruned
+    network; loaders for verifiers then rebuild it physically smaller.
+    """
+    payload = {"format": FORMAT,
+               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+               "meta": meta,
+               "masks": {k: v.detach().cpu() for k, v in (masks or {}).items()}}
+    if channel_masks:
+        payload["channel_masks"] = {k: v.detach().cpu().bool() for k, v in channel_masks.items()}
+    save(path, payload)
 
 
 def load_model_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -188,7 +188,8 @@ def run_pipeline(cfg: Config, out: Path | None = None) -> tuple[Path, list[dict[
             {**meta, "eps": v.eps, "train_eps": cfg.training.eps, "training_method": cfg.training.method,
              "pruning_method": method.name, "config_hash": cfg.hash(), "config": cfg.to_dict(), "round": r,
              "metrics": row, "history": history},
-            masks=mask.to_dict())
+            masks=mask.to_dict(),
+            channel_masks=channel_mask_of(model, mask) if method.structure == "channels" else None)
         (round_dir / "train_state.pt").unlink(missing_ok=True)
         rows.append(row)
         write_summary(cfg, out, rows)

@@ -129,3 +129,27 @@ def test_full_scale_configs_follow_seed_001():
         else:
             assert t.method == "crown-ibp" and t.optimizer == "adam" and t.lr == 0.001
     assert len(list((ROOT / "exp_configs" / "pruning" / "synthetic").glob("*.yaml"))) == len(METHODS)
+
+
+def test_channel_pruned_checkpoint_exports_compacted(tmp_path):
+    """A channel method's checkpoint carries its channel masks; export rebuilds the net smaller, same outputs."""
+    import numpy as np
+
+    from abcrown_plugins.export import onnx_session, run_onnx
+    from abcrown_plugins.integration.models import checkpoint_model
+
+    _, out = run(tmp_path, "slim", "standard")
+    ckpt = out / "round_2" / "checkpoint.pt"
+    payload = checkpoints.load_model_checkpoint(ckpt)
+    kept = sum(int(v.sum()) for v in payload["channel_masks"].values())
+    assert kept == 30  # 48 channels, two rounds at channel_rate 0.2
+    masked = model_from_checkpoint(payload)
+    small, compacted = checkpoint_model(payload)
+    assert compacted and sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in masked.parameters())
+    bench = tmp_path / "bench"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(bench), "--n", "1", "--eps", "2/255"]) == 0
+    onnx_file = next((bench / "onnx").glob("*_compact.onnx"))
+    x = torch.rand(4, 1, 3, 32, 32)
+    session = onnx_session(onnx_file)
+    for xi in x:
+        np.testing.assert_allclose(run_onnx(session, xi.numpy()), masked(xi).detach().numpy(), atol=1e-5, rtol=0)

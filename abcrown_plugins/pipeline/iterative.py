@@ -39,7 +39,7 @@ from abcrown_plugins.pipeline.summary import best_round, mark_lottery_tickets, w
 from abcrown_plugins.pruning import Mask, PruneContext, get_method, initial_mask, prune, rewind_
 from abcrown_plugins.pruning.methods import channel_mask_of
 from abcrown_plugins.regularizers import make_regularizer
-from abcrown_plugins.runtime import seed_everything, select_device, set_threads
+from abcrown_plugins.runtime import claim_run_dir, seed_everything, select_device, set_threads
 from abcrown_plugins.training import TrainSettings, ibp_init, make_objective, train
 from abcrown_plugins.verification import evaluate
 
@@ -47,22 +47,6 @@ from abcrown_plugins.verification import evaluate
 def output_dir_for(cfg: Config) -> Path:
     """``output.dir`` or ``results/NAME-HASH`` (hash of the non-default settings)."""
     return Path(cfg.output.dir) if cfg.output.dir else Path("results") / f"{cfg.general.name}-{cfg.hash()}"
-
-
-def _claim_output_dir(cfg: Config, out: Path) -> None:
-    """Create ``out`` for this config, or accept it if it holds a run of the same config."""
-    marker = out / "run.json"
-    if marker.is_file():
-        previous = json.loads(marker.read_text())
-        if previous.get("config_hash") != cfg.hash():
-            raise UserError(f"output folder '{out}' holds a run of a different config (hash "
-                            f"{previous.get('config_hash')} vs {cfg.hash()}); pass another --output or delete it")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder '{out}' is not empty and holds no abcrown-plugins run; pass another --output")
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints.atomic_write_text(out / "config.yaml", dump_config(cfg))
-    checkpoints.atomic_write_text(marker, json.dumps({"config_hash": cfg.hash(), "name": cfg.general.name}) + "\n")
 
 
 def regularizers_for(cfg: Config, method) -> list:
@@ -115,7 +99,7 @@ def run_pipeline(cfg: Config, out: Path | None = None) -> tuple[Path, list[dict[
     model = model_for(cfg.model.arch, info)
     start_payload = checkpoints.load_model_checkpoint(cfg.model.checkpoint) if cfg.model.checkpoint else None
     mask = initial_mask(method, model, cfg.pruning.scope)
-    _claim_output_dir(cfg, out)
+    claim_run_dir(out, cfg.hash(), dump_config(cfg), cfg.general.name, "pruning")
 
     init_path = out / "init.pt"
     if init_path.is_file():

@@ -28,6 +28,13 @@ def plot_xy(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Lay out, render to PNG in memory, close, and write ``path`` atomically."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from abcrown_plugins.checkpoints import atomic_write_bytes, atomic_write_text
+from abcrown_plugins.checkpoints import atomic_write_text
 from abcrown_plugins.errors import UserError
-from abcrown_plugins.report import markdown_table, write_markdown
+from abcrown_plugins.report import markdown_table, save_figure, write_markdown
 from abcrown_plugins.runtime import progress
 from abcrown_plugins.smoothing.certify import ABSTAIN, certify, check_settings
 
@@ -177,8 +177,4 @@ def _plot(path: Path, rows, radii, settings: SmoothingSettings, title: str) -> N
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    save_figure(fig, path)

@@ -69,6 +69,22 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
 
 
+def resume_state(state_path: Path | None, run_key: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device) -> tuple[list[dict[str, Any]], int, dict[str, Any] | None]:
+    """Load a run's per-epoch state into ``model`` and ``optimizer`` if ``state_path`` holds ``run_key``'s.
+
+    Returns ``(history, epochs done, the whole state or None)``; state of another run is ignored.
+    """
+    if state_path is None or not Path(state_path).is_file():
+        return [], 0, None
+    state = checkpoints.load(state_path, map_location=device)
+    if state.get("run_key") != run_key:
+        return [], 0, None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return list(state["history"]), int(state["epoch"]), state
+
+
 def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, state_path: Path | None = None,
           run_key: str = "", mask: Mask | None = None, desc: str = "train", regularizers: Sequence = (),
           on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> list[dict[str, Any]]:
@@ -82,15 +98,7 @@ def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, s
     """
     model.to(device)
     optimizer = make_optimizer(model, s)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state_path is not None and Path(state_path).is_file():
-        state = checkpoints.load(state_path, map_location=device)
-        if state.get("run_key") == run_key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history = list(state["history"])
-            start_epoch = int(state["epoch"])
+    history, start_epoch, _ = resume_state(state_path, run_key, model, optimizer, device)
     if mask is not None:
         mask.apply_(model)
     num_classes = train_set.info.num_classes

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from abcrown_plugins import checkpoints
 from abcrown_plugins.runtime import progress
+from abcrown_plugins.training.trainer import resume_state
 from abcrown_plugins.transfer.diffstab import diffstab_loss
 from abcrown_plugins.transfer.masks import UnitLayout
 from abcrown_plugins.transfer.rigl import drop_fraction_at, rigl_update
@@ -160,18 +161,10 @@ def fit(model: nn.Module, images, targets: Tensor, loss_fn: Callable[[Tensor, Te
     if reference is not None:
         reference.to(device).eval()
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state_path is not None and Path(state_path).is_file():
-        state = checkpoints.load(state_path, map_location=device)
-        if state.get("run_key") == run_key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history = list(state["history"])
-            start_epoch = int(state["epoch"])
-            if sparse is not None:
-                sparse.mask = {k: v.cpu() for k, v in state["mask"].items()}
-                sparse.rigl_updates = int(state.get("rigl_updates", 0))
+    history, start_epoch, state = resume_state(state_path, run_key, model, optimizer, device)
+    if state is not None and sparse is not None:
+        sparse.mask = {k: v.cpu() for k, v in state["mask"].items()}
+        sparse.rigl_updates = int(state.get("rigl_updates", 0))
     if sparse is not None:
         sparse.project_(model)
     steps_per_epoch = -(-len(images) // s.batch_size)

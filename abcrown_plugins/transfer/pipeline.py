@@ -21,7 +21,6 @@ unfinished one resumes after its last epoch.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ from abcrown_plugins.data import load_dataset
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.models import build, model_for, model_from_checkpoint, model_meta
 from abcrown_plugins.report import markdown_table, write_csv, write_markdown
-from abcrown_plugins.runtime import seed_everything, select_device, set_threads
+from abcrown_plugins.runtime import claim_run_dir, seed_everything, select_device, set_threads
 from abcrown_plugins.transfer.finetune import FitSettings, SparseDelta, accuracy, fit, gradient_scores, reinit_classifier
 from abcrown_plugins.transfer.masks import build_mask, classifier_names, layer_order, mask_count, unit_layout
 from abcrown_plugins.transfer.scenario import (
@@ -56,22 +55,6 @@ __all__ = ["DATASET_TASK", "SUMMARY_COLUMNS", "load_pair", "prefix_mac_fraction"
 
 SUMMARY_COLUMNS = ["task", "run", "pattern", "k", "updated_ratio", "frozen_prefix", "prefix_macs", "clean_acc",
                    "cert_acc", "cert_radius", "abstain", "train_s", "certify_s"]
-
-
-def _claim(cfg: Config, out: Path) -> None:
-    marker = out / "run.json"
-    if marker.is_file():
-        previous = json.loads(marker.read_text())
-        if previous.get("config_hash") != cfg.hash() or previous.get("kind") != "transfer":
-            raise UserError(f"output folder '{out}' holds another run (hash {previous.get('config_hash')} vs "
-                            f"{cfg.hash()}); pass another --output or delete it")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder '{out}' is not empty and holds no abcrown-plugins run; pass another --output")
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints.atomic_write_text(out / "config.yaml", dump_config(cfg))
-    checkpoints.atomic_write_text(marker, json.dumps({"config_hash": cfg.hash(), "name": cfg.general.name,
-                                                      "kind": "transfer"}) + "\n")
 
 
 @torch.no_grad()
@@ -208,7 +191,7 @@ def run_transfer(cfg: Config, out: Path | None = None,
         if msg:
             warn(msg)
     base_payload = checkpoints.load_model_checkpoint(cfg.model.checkpoint) if cfg.model.checkpoint else None
-    _claim(cfg, out)
+    claim_run_dir(out, cfg.hash(), dump_config(cfg), cfg.general.name, "transfer")
     if base_payload is None:
         base_path = _pretrain(cfg, out, train_base, test_base, device, warn)
         base_payload = checkpoints.load_model_checkpoint(base_path)

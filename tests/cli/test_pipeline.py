@@ -74,7 +74,7 @@ def test_rerun_resumes_with_same_numbers(tiny_run):
 def test_output_folder_of_other_config_is_refused(tiny_run, capsys):
     cfg, out = tiny_run
     assert main(["run", str(cfg), "--output", str(out), "--training.epochs", "3"]) == 2
-    assert "different config" in capsys.readouterr().err
+    assert "holds another run" in capsys.readouterr().err
 
 
 def test_verify_command(tiny_run, capsys):

@@ -438,6 +438,8 @@ class DifferentialEngine:
         rows = ch.rows if ch is not None else _EMPTY
         if kind == "bn":
             u = _union(act.idx, rows)
+            if u.numel() / m.num_features > self._be:
+                return _Act.dense(m(act.full()))
             x = act.at(u)
             ud = u.to(x.device)
             self._inexact = True

@@ -100,7 +100,8 @@ def test_dense_switch_is_bitwise_and_never_switch_is_close(arch):
         assert torch.equal(always_dense.forward(x, [t])[0], dense)
         assert (_trace_forward(never_dense, x, [t])[0] - dense).abs().max().item() <= 1e-4
     # live, one task: base activations past the first change would cost extra, so it runs densely
-    assert all(p.exact for p in DifferentialEngine(base, tasks[:1]).plans((3, 32, 32), "live"))
+    for t in range(len(tasks)):
+        assert DifferentialEngine(base, tasks[t:t + 1]).plans((3, 32, 32), "live")[0].exact
 
 
 def test_structured_delta_rows_are_exactly_the_changed_channels():
@@ -148,3 +149,22 @@ def test_bad_inputs_are_user_errors():
         random_finetuned(base, "channel", 0.1)
     with pytest.raises(UserError, match="at least one"):
         DifferentialEngine(base, [])
+
+
+def test_batchnorm_only_change():
+    """A BatchNorm changed without its conv (groupwise masks can do that): channel subset or dense."""
+    import copy
+
+    base = _base("resnet_small")
+    tuned = copy.deepcopy(base).eval()
+    with torch.no_grad():
+        tuned[2].running_mean[3] += 0.5  # the stem's BatchNorm, one channel
+        tuned[4].bn2.weight[[1, 7]] *= -1  # inside the second residual block
+    changes = module_changes(base, tuned)
+    assert set(changes) == {"2", "4.bn2"} and changes["2"].rows.tolist() == [3]
+    x = torch.rand(16, 3, 32, 32)
+    eng = DifferentialEngine(base, [tuned], tie_tol=-1.0)
+    assert not eng.plans((3, 32, 32), "trace")[0].exact  # the trace path uses the channel subset
+    assert eng.plans((3, 32, 32), "live")[0].exact  # alone and live: dense from the change on
+    assert (_trace_forward(eng, x)[0] - tuned(x)).abs().max().item() <= 1e-4
+    assert torch.equal(eng.forward(x)[0], tuned(x))

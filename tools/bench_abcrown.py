@@ -55,7 +55,7 @@ def main() -> int:
     meta = {**payload["meta"], "note": "50% channels pruned by |gamma| for bench_abcrown"}
     masked_ckpt, compact_ckpt = out / "masked.pt", out / "compacted.pt"
     checkpoints.save_model_checkpoint(masked_ckpt, model.state_dict(), meta, payload.get("masks"))
-    checkpoints.save({**checkpoints.load(masked_ckpt), "channel_masks": cmask}, compact_ckpt)
+    checkpoints.save_model_checkpoint(compact_ckpt, model.state_dict(), meta, payload.get("masks"), channel_masks=cmask)
     shape = (meta["channels"], meta["input_size"], meta["input_size"])
     macs_dense, macs_small = count_macs(model, shape), count_macs(compact(model, cmask), shape)
 

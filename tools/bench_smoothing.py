@@ -304,7 +304,7 @@ def table(results: dict, ks) -> str:
     cols = ["arch", "pattern", "allocation", "accounting"] + [str(k) for k in ks]
     heads = ["Architecture", "Sparsity pattern", "Allocation", "Accounting"] + [f"k={k}%" for k in ks]
     lines.append(markdown_table(out, cols, heads))
-    lines += ["", f"Multi-task (T networks, one noise draw; speedup = T dense runs / one shared pass):", ""]
+    lines += ["", "Multi-task (T networks, one noise draw; speedup = T dense runs / one shared pass):", ""]
     mt_rows = [{"arch": a, "config": key, **v} for a, res in results.items() for key, v in res["multitask"].items()]
     lines.append(markdown_table(mt_rows, ["arch", "config", "dense_s", "shared_s", "speedup", "exact"],
                                 ["Architecture", "Deltas (k=8%)", "T dense (s)", "shared (s)", "speedup", "exact"]))
@@ -331,7 +331,7 @@ def main() -> int:
     test = load_dataset("synthetic", "test", num=8)
     x = test[0][0]
     t0 = time.perf_counter()
-    log(f"break-even measurement ...")
+    log("break-even measurement ...")
     be = _break_even(args.repeats)
     log(f"break-even: rows {be['rows']}, inputs {be['inputs']}, unstructured 1% sparse/dense "
         f"{be['unstructured_1pct_sparse_over_dense']}")
@@ -371,6 +371,10 @@ def main() -> int:
                        "engine_best": [max(("0.0", "0.25", "0.5", "0.75", "1.0"), key=lambda b: -r[b])
                                        for r in engine_be]},
         "trace_mb": {a: res["trace_mb"] for a, res in results.items()},
+        # the same dense computation timed per row: max/min shows the machine's timing noise
+        "dense_time_spread": {a: round(max(r["dense_s"] for r in res["rows"]) /
+                                       max(min(r["dense_s"] for r in res["rows"]), 1e-9), 2)
+                              for a, res in results.items()},
         "targets": {
             "structured_k<=8%_verification_aware_>=3x": {a: min(r["speedup"] for r in target_rows if r["model"] == a)
                                                          >= 3.0 for a in models},

@@ -10,8 +10,15 @@
   certification's work.
 """
 
-from abcrown_plugins.differential.delta import ALLOCATIONS, PATTERNS, Change, module_changes, random_finetuned
-from abcrown_plugins.differential.engine import BREAK_EVEN, TIE_TOL, DifferentialEngine, EngineStats, TaskPlan
+from abcrown_plugins.differential.certify import (BaseTrace, certify_from_traces, multitask_certify,
+                                                  multitask_counts, record_certify_traces, record_trace,
+                                                  trace_counts)
+from abcrown_plugins.differential.delta import (ALLOCATIONS, PATTERNS, Change, calibrate_batchnorm,
+                                                center_classifier, module_changes, random_finetuned)
+from abcrown_plugins.differential.engine import (BREAK_EVEN, LIVE_OVERHEAD, TIE_TOL, DifferentialEngine,
+                                                 EngineStats, TaskPlan)
 
-__all__ = ["ALLOCATIONS", "PATTERNS", "Change", "module_changes", "random_finetuned", "BREAK_EVEN", "TIE_TOL",
-           "DifferentialEngine", "EngineStats", "TaskPlan"]
+__all__ = ["ALLOCATIONS", "PATTERNS", "Change", "calibrate_batchnorm", "center_classifier", "module_changes",
+           "random_finetuned", "BREAK_EVEN", "LIVE_OVERHEAD", "TIE_TOL", "DifferentialEngine", "EngineStats",
+           "TaskPlan", "BaseTrace", "certify_from_traces", "multitask_certify", "multitask_counts",
+           "record_certify_traces", "record_trace", "trace_counts"]

@@ -453,7 +453,7 @@ class DifferentialEngine:
                              False, 0.0, m.eps)
             return _diff(base(path), u, y)
         # kind == "linear": Conv2d or Linear
-        n_out, n_in = m.weight.shape[0], m.weight.shape[1]
+        n_in = m.weight.shape[1]
         if act.is_shared:
             if self._row_cost(m, rows) <= self._be:
                 return _diff(base(path), rows, self._rows_out(t, path, act.base, rows))

@@ -106,3 +106,18 @@ def test_broken_instance_is_an_error_row_and_the_batch_goes_on(plugin_in_abcrown
     results = run_benchmark(bench, tmp_path / "out")
     assert results[0].result == "error" and Path(results[0].log).is_file()
     assert results[1].result in ("sat", "unsat", "timeout", "unknown")
+
+
+def test_channel_pruned_resnet_is_verified_compacted(plugin_in_abcrown_env, tmp_path):
+    from abcrown_plugins.integration.hooks import zoo_model
+
+    payload = checkpoints.load_model_checkpoint(resolve_checkpoint("zoo:resnet_small_synthetic_slim.pt"))
+    masked, small = model_from_checkpoint(payload), zoo_model(checkpoint="zoo:resnet_small_synthetic_slim.pt")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in masked.parameters())
+    x = torch.rand(8, 3, 32, 32)
+    assert torch.allclose(small(x), masked(x), atol=1e-5)
+    res_file = tmp_path / "res.pkl"
+    r = _abcrown(["--config", str(REPO / "exp_configs" / "pruned_resnet_small.yaml"), "--results_file",
+                  str(res_file)], tmp_path / "abcrown.log")
+    assert r.returncode == 0 and res_file.is_file(), f"α,β-CROWN failed, log: {tmp_path / 'abcrown.log'}"
+    assert sum(row["result"] == "unsat" for row in results_rows(read_results_pickle(res_file))) >= 1

@@ -163,3 +163,20 @@ def test_crown_bounds_sound_and_tighter(name):
     assert_within(out, lb, ub)
     ibp = interval_propagate(model, lower, upper)
     assert ((ub - lb).mean() <= (ibp.upper - ibp.lower).mean())
+
+
+@pytest.mark.parametrize("name", sorted(model_zoo.MODELS))
+def test_batchnorm_folding_gives_the_same_bounds(name):
+    """record=False folds eval BatchNorms into convs: same bounds as the unfolded walk (to rounding)."""
+    model = zoo_model(name, 3, 32).eval()
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 4, 9])
+    lower, upper = input_box(x, 2 / 255)
+    spec = margin_spec(y, 10)
+    folded = interval_propagate(model, lower, upper, spec=spec, record=False)
+    plain = interval_propagate(model, lower, upper, spec=spec, record=True)
+    scale = 1 + plain.lower.abs().max()
+    assert ((folded.lower - plain.lower).abs().max() / scale) < 1e-5
+    assert ((folded.upper - plain.upper).abs().max() / scale) < 1e-5
+    with torch.no_grad():
+        out = model(sample_box(lower, upper, 32).flatten(0, 1)).view(32, 3, 10)
+    assert_within(torch.einsum("nkc,snc->snk", spec, out), folded.lower, folded.upper)

@@ -91,8 +91,22 @@ def save_model_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
     save(path, payload)
 
 
+ZOO_PREFIX = "zoo:"
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint path: ``zoo:NAME`` means the model zoo's ``checkpoints/NAME``; else as given."""
+    text = str(path)
+    if text.startswith(ZOO_PREFIX):
+        import model_zoo
+
+        return Path(model_zoo.__file__).parent / "checkpoints" / text[len(ZOO_PREFIX):]
+    return Path(text).expanduser()
+
+
 def load_model_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a model checkpoint and check its format and required metadata."""
+    """Read a model checkpoint (a path or ``zoo:NAME``) and check its format and required metadata."""
+    path = resolve(path)
     payload = load(path)
     if payload.get("format") != FORMAT or "state_dict" not in payload:
         raise UserError(f"'{path}' is not an abcrown_plugins model checkpoint "

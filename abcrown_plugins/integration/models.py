@@ -7,22 +7,15 @@ from typing import Any
 
 from torch import nn
 
-import model_zoo
+from abcrown_plugins import checkpoints
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.models import model_from_checkpoint
 
-ZOO_PREFIX = "zoo:"
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint path: ``zoo:NAME`` means ``model_zoo/checkpoints/NAME``; else as given."""
-    text = str(path)
-    if text.startswith(ZOO_PREFIX):
-        p = Path(model_zoo.__file__).parent / "checkpoints" / text[len(ZOO_PREFIX):]
-    else:
-        p = Path(text).expanduser()
+    """A checkpoint path (``zoo:NAME`` means ``model_zoo/checkpoints/NAME``) that exists, else UserError."""
+    p = checkpoints.resolve(path)
     if not p.is_file():
-        raise UserError(f"checkpoint '{text}' not found (looked at {p.resolve()})")
+        raise UserError(f"checkpoint '{path}' not found (looked at {p.resolve()})")
     return p
 
 

@@ -63,3 +63,10 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_zoo_prefix_names_shipped_checkpoints():
+    payload = checkpoints.load_model_checkpoint("zoo:cnn_7layer_synthetic_pruned.pt")
+    assert payload["meta"]["arch"] == "cnn_7layer"
+    with pytest.raises(UserError, match="not found"):
+        checkpoints.load_model_checkpoint("zoo:no_such.pt")

@@ -108,6 +108,14 @@ def test_broken_instance_is_an_error_row_and_the_batch_goes_on(plugin_in_abcrown
     assert results[1].result in ("sat", "unsat", "timeout", "unknown")
 
 
+def test_sibling_config_cnn_small(plugin_in_abcrown_env, tmp_path):
+    res_file = tmp_path / "res.pkl"
+    r = _abcrown(["--config", str(REPO / "exp_configs" / "pruned_cnn_small.yaml"), "--results_file",
+                  str(res_file)], tmp_path / "abcrown.log")
+    assert r.returncode == 0 and res_file.is_file(), f"α,β-CROWN failed, log: {tmp_path / 'abcrown.log'}"
+    assert sum(row["result"] == "unsat" for row in results_rows(read_results_pickle(res_file))) >= 1
+
+
 def test_channel_pruned_resnet_is_verified_compacted(plugin_in_abcrown_env, tmp_path):
     from abcrown_plugins.integration.hooks import zoo_model
 

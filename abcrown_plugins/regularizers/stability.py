@@ -34,37 +34,45 @@ import torch
 from torch import Tensor, nn
 
 from abcrown_plugins.bounds import IBPResult, ReluBounds, input_box, interval_propagate
+from abcrown_plugins.bounds.ibp import batch_stats
 
 
 class _NormalisedProductTanh(torch.autograd.Function):
-    """``sum(tanh(1 + (c1*lo + c0) * (c1*hi + c0)))`` with a hand-written, fused backward.
+    """``sum(tanh(1 + a * b))``, ``a, b = c1 * (mid -/+ rad) + c0``, with a hand-written, fused backward.
 
-    ``lo, hi``: pre-BN bounds (N x C x ...); ``c1`` (1 x C x 1..., constant) and ``c0``
-    (same shape, gradient wanted) per channel. Saves three tensors and runs about a third
-    of the elementwise passes autograd would, which keeps NRSLoss cheap next to IBP.
+    ``mid, rad``: centre and radius of the pre-BN box (N x C x ...); ``c1`` (1 x C x 1...,
+    positive, constant) and ``c0`` (same shape, gradient wanted) per channel. With
+    ``z = c1 * mid + c0`` and ``s = c1 * rad`` the product is ``a * b = z^2 - s^2``, so the
+    ends of the box are never formed; ``tanh(q) = 2 * sigmoid(2q) - 1`` (the same value,
+    a several times faster kernel on CPU), summed as ``2 * sum(sigmoid) - n``. Saves three tensors and runs about a third of the
+    elementwise passes autograd would, which keeps NRSLoss cheap next to IBP.
     """
 
     @staticmethod
-    def forward(ctx, lo: Tensor, hi: Tensor, c1: Tensor, c0: Tensor) -> Tensor:
-        a = torch.addcmul(c0, lo, c1)   # l / gamma (or u / gamma for gamma < 0)
-        b = torch.addcmul(c0, hi, c1)
-        t = torch.mul(a, b).add_(1).tanh_()
-        ctx.save_for_backward(a, b, t, c1)
+    def forward(ctx, mid: Tensor, rad: Tensor, c1: Tensor, c0: Tensor) -> Tensor:
+        z = torch.addcmul(c0, mid, c1)                            # (l + u) / (2 gamma)
+        s = rad * c1                                              # (u - l) / (2 |gamma|)
+        # sig = sigmoid(2 + 2p), p = z^2 - s^2 = l * u / gamma^2; tanh(1 + p) = 2 sig - 1
+        sig = torch.addcmul(z.new_full((), 2.0), z, z, value=2).addcmul_(s, s, value=-2).sigmoid_()
+        ctx.save_for_backward(z, rad, sig, c1)  # rad is kept alive by the graph anyway; s is not saved
         ctx.c0_shape = c0.shape
-        return t.sum()
+        return 2 * sig.sum() - sig.numel()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        a, b, t, c1 = ctx.saved_tensors
-        one = t.new_ones(()).expand_as(t)
-        gc = torch.addcmul(one, t, t, value=-1).mul_(c1 * grad_out)  # c1 * d tanh / d p
-        g_lo = gc.mul(b)                                              # dp/dlo = c1 * b
-        g_hi = gc.mul_(a)                                             # dp/dhi = c1 * a
+        z, rad, sig, c1 = ctx.saved_tensors
+        # dtanh(1 + p)/dp = 1 - tanh^2 = 4 sig (1 - sig); dp/dz = 2z, dp/ds = -2s; the factor 8
+        # and grad_out ride on the per-channel constants
+        k = 8 * grad_out
+        w = torch.addcmul(sig, sig, sig, value=-1)
+        g_z = w.mul(z)
         g_c0 = None
         if ctx.needs_input_grad[3]:
             dims = [d for d, n in enumerate(ctx.c0_shape) if n == 1]
-            g_c0 = (g_lo.sum(dims, keepdim=True) + g_hi.sum(dims, keepdim=True)) / c1
-        return g_lo, g_hi, None, g_c0
+            g_c0 = g_z.sum(dims, keepdim=True).mul_(k)
+        g_mid = g_z.mul_(k * c1)
+        g_rad = w.mul_(rad).mul_(-k * c1 * c1)
+        return g_mid, g_rad, None, g_c0
 
 
 def _nrs_sum(r: ReluBounds) -> tuple[Tensor, int]:
@@ -73,27 +81,27 @@ def _nrs_sum(r: ReluBounds) -> tuple[Tensor, int]:
     With the BatchNorm written as ``y = gamma * inv * (x - mean) + beta``:
     ``l/gamma, u/gamma = inv * x_bound + (beta/gamma - mean * inv)`` for the two pre-BN
     bounds (their roles swap when gamma < 0; the product does not change). ``gamma``,
-    ``mean`` and ``inv`` enter as constants; gradients flow to the pre-BN bounds (so to
-    every earlier layer) and to beta.
+    ``mean`` and ``inv`` enter as constants (the statistics the propagation recorded,
+    else those the BatchNorm uses now); gradients flow to the pre-BN box (so to every
+    earlier layer) and to beta.
     """
-    bn, lo, hi = r.bn, r.pre_bn_lower, r.pre_bn_upper
-    view = (1, -1) + (1,) * (lo.dim() - 2)
-    mean, var = getattr(r, "bn_mean", None), getattr(r, "bn_var", None)
+    bn, mid, rad = r.bn, r.pre_bn_mid, r.pre_bn_rad
+    view = (1, -1) + (1,) * (mid.dim() - 2)
     with torch.no_grad():
-        if mean is None or var is None:
-            if bn.training or bn.running_mean is None:
-                dims = [0] + list(range(2, lo.dim()))
-                var, mean = torch.var_mean(lo + hi, dims, unbiased=False)  # of 2 * mid
-                mean, var = mean / 2, var / 4
-            else:
-                mean, var = bn.running_mean, bn.running_var
-        inv = torch.rsqrt(var.detach() + bn.eps)
+        if r.bn_mean is not None and r.bn_var is not None:
+            mean, var = r.bn_mean, r.bn_var
+        elif bn.training or bn.running_mean is None:
+            mean, var = batch_stats(mid)
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        mean, var = mean.detach(), var.detach()
+        inv = torch.rsqrt(var + bn.eps)
         gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(inv)
         gamma = torch.where(gamma.abs() < 1e-12, torch.full_like(gamma, 1e-12), gamma)
     beta = bn.bias if bn.bias is not None else torch.zeros_like(inv)
-    c0 = (beta / gamma - mean.detach() * inv).view(view)
-    c1 = inv.view(view).to(lo.dtype)
-    return _NormalisedProductTanh.apply(lo, hi, c1, c0.to(lo.dtype)), lo.numel()
+    c0 = (beta / gamma - mean * inv).view(view)
+    c1 = inv.view(view).to(mid.dtype)
+    return _NormalisedProductTanh.apply(mid, rad, c1, c0.to(mid.dtype)), mid.numel()
 
 
 def _mean_loss(relus: list[ReluBounds], normalised: bool) -> Tensor:
@@ -102,7 +110,7 @@ def _mean_loss(relus: list[ReluBounds], normalised: bool) -> Tensor:
                          "and bounds recorded with record=True")
     total, count = 0.0, 0
     for r in relus:
-        if normalised and r.bn is not None and r.pre_bn_lower is not None:
+        if normalised and r.bn is not None and r.pre_bn_mid is not None:
             s, n = _nrs_sum(r)
         else:
             s, n = torch.tanh(1 + r.lower * r.upper).sum(), r.lower.numel()

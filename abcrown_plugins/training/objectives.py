@@ -77,14 +77,6 @@ class FGSMObjective:
         return StepOutput(loss, logits)
 
 
-@dataclass
-class LirpaReluBounds(ReluBounds):
-    """ReLU bounds from auto_LiRPA, with the BatchNorm statistics its bound used (train mode)."""
-
-    bn_mean: Tensor | None = None
-    bn_var: Tensor | None = None
-
-
 class CrownIBPObjective:
     """CROWN-IBP through auto_LiRPA; the bounded graph shares the model's parameters and buffers.
 
@@ -154,11 +146,11 @@ class CrownIBPObjective:
             if not isinstance(node, BoundRelu):
                 continue
             pre = node.inputs[0]
-            rb = LirpaReluBounds(node.name, pre.lower, pre.upper)
+            rb = ReluBounds(node.name, pre.lower, pre.upper)
             if isinstance(pre, BoundBatchNormalization):
                 gamma_name = pre.inputs[1].ori_name  # "<bn module>.weight"
                 rb.bn = modules.get(gamma_name.rsplit(".", 1)[0])
-                rb.pre_bn_lower, rb.pre_bn_upper = pre.inputs[0].lower, pre.inputs[0].upper
+                rb.set_pre_bn_box(pre.inputs[0].lower, pre.inputs[0].upper)
                 rb.bn_mean, rb.bn_var = pre.current_mean, pre.current_var
             out.append(rb)
         return out

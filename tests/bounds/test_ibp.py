@@ -180,3 +180,88 @@ def test_batchnorm_folding_gives_the_same_bounds(name):
     with torch.no_grad():
         out = model(sample_box(lower, upper, 32).flatten(0, 1)).view(32, 3, 10)
     assert_within(torch.einsum("nkc,snc->snk", spec, out), folded.lower, folded.upper)
+
+
+def _reference_ibp(model: nn.Sequential, lower, upper):
+    """Plain-autograd IBP in lower/upper form (W+ / W- split): an independent formulation."""
+    import torch.nn.functional as F
+    from model_zoo.layers import Normalize
+
+    lo, up = lower, upper
+    for m in model:
+        if isinstance(m, Normalize):
+            lo, up = (lo - m.mean) / m.std, (up - m.mean) / m.std
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            op = (lambda t, w, b: F.conv2d(t, w, b, m.stride, m.padding)) if isinstance(m, nn.Conv2d) else F.linear
+            wp, wn = m.weight.clamp_min(0), m.weight.clamp_max(0)
+            lo, up = op(lo, wp, m.bias) + op(up, wn, None), op(up, wp, m.bias) + op(lo, wn, None)
+        elif isinstance(m, nn.BatchNorm2d):
+            centre = (lo + up) / 2
+            mean, var = centre.mean((0, 2, 3)), centre.var((0, 2, 3), unbiased=False)
+            scale = (m.weight / torch.sqrt(var + m.eps)).view(1, -1, 1, 1)
+            shift = m.bias.view(1, -1, 1, 1) - mean.view(1, -1, 1, 1) * scale
+            a, b = lo * scale + shift, up * scale + shift
+            lo, up = torch.minimum(a, b), torch.maximum(a, b)
+        elif isinstance(m, nn.ReLU):
+            lo, up = lo.clamp_min(0), up.clamp_min(0)
+        else:
+            lo, up = m(lo), m(up)
+    return lo, up
+
+
+def test_train_mode_ibp_values_and_gradients_match_plain_autograd():
+    """The fused ReLU, batch-statistics and BatchNorm steps give the same bounds and gradients."""
+    torch.manual_seed(0)
+    m = zoo_model("cnn_small", 3, 28, train=True).double()
+    x = torch.rand(6, 3, 28, 28, dtype=torch.float64)
+    lower, upper = input_box(x, 0.03)
+    got = interval_propagate(m, lower, upper)
+    (got.upper - got.lower).pow(2).sum().add(got.lower.sum()).backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    lo, up = _reference_ibp(m, lower, upper)
+    assert torch.allclose(got.lower, lo, atol=1e-9) and torch.allclose(got.upper, up, atol=1e-9)
+    (up - lo).pow(2).sum().add(lo.sum()).backward()
+    want_grads = {n: p.grad for n, p in m.named_parameters()}
+    for n in grads:
+        assert torch.allclose(grads[n], want_grads[n], rtol=1e-7, atol=1e-9), n
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_in_place_no_grad_path_equals_autograd_path(train):
+    m = zoo_model("resnet_small", 3, 32, train=train)
+    x = torch.rand(5, 3, 32, 32)
+    lower, upper = input_box(x, 2 / 255)
+    spec = margin_spec(torch.arange(5) % 10, 10)
+    with_grad = interval_propagate(m, lower, upper, spec=spec, record=True)
+    with torch.no_grad():
+        for record in (True, False):
+            r = interval_propagate(m, lower, upper, spec=spec, record=record)
+            assert torch.allclose(r.lower, with_grad.lower, atol=1e-5)
+            assert torch.allclose(r.upper, with_grad.upper, atol=1e-5)
+            if record:  # the recorded ends were not overwritten by the in-place steps
+                for a, b in zip(r.relus, with_grad.relus):
+                    assert torch.equal(a.lower, b.lower.detach()) and torch.equal(a.upper, b.upper.detach())
+                    assert bool((a.lower <= a.upper).all())
+    assert torch.equal(x, x.clone()) and bool((lower <= upper).all())
+
+
+def test_fused_interval_relu_and_batch_stats_gradients():
+    from abcrown_plugins.bounds.ibp import _BatchStats, _IntervalRelu, batch_stats
+
+    g = torch.Generator().manual_seed(1)
+    mid = torch.randn(3, 4, 5, dtype=torch.float64, generator=g).requires_grad_()
+    rad = torch.rand(3, 4, 5, dtype=torch.float64, generator=g).requires_grad_()
+    for pick in (slice(0, 4), slice(0, 2), slice(2, 4), slice(1, 2), slice(3, 4)):
+        assert torch.autograd.gradcheck(lambda a, b: _IntervalRelu.apply(a, b)[pick], (mid, rad))
+    new_mid, new_rad, lo, up = _IntervalRelu.apply(mid, rad)
+    assert torch.allclose(lo, mid - rad) and torch.allclose(up, mid + rad)
+    assert torch.allclose(new_mid - new_rad, (mid - rad).clamp_min(0))
+    assert torch.allclose(new_mid + new_rad, (mid + rad).clamp_min(0))
+    for shape in ((4, 3, 5, 5), (6, 3)):
+        x = torch.randn(*shape, dtype=torch.float64, generator=g).requires_grad_()
+        assert torch.autograd.gradcheck(_BatchStats.apply, (x,))
+        dims = [0] + list(range(2, x.dim()))
+        var, mean = torch.var_mean(x, dims, unbiased=False)
+        got_mean, got_var = batch_stats(x)
+        assert torch.allclose(got_mean, mean) and torch.allclose(got_var, var)

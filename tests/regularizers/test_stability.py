@@ -103,11 +103,20 @@ def test_fused_nrs_backward_matches_autograd():
     from abcrown_plugins.regularizers.stability import _NormalisedProductTanh
 
     g = torch.Generator().manual_seed(0)
-    lo = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
-    hi = lo + torch.rand(3, 4, 2, 2, generator=g, dtype=torch.float64)
+    mid = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
+    rad = torch.rand(3, 4, 2, 2, generator=g, dtype=torch.float64)
     c1 = torch.rand(1, 4, 1, 1, generator=g, dtype=torch.float64) + 0.5
     c0 = torch.randn(1, 4, 1, 1, generator=g, dtype=torch.float64)
-    inputs = (lo.requires_grad_(), hi.requires_grad_(), c1, c0.requires_grad_())
+    inputs = (mid.requires_grad_(), rad.requires_grad_(), c1, c0.requires_grad_())
     assert torch.autograd.gradcheck(_NormalisedProductTanh.apply, inputs)
+    lo, hi = mid - rad, mid + rad
     ref = torch.tanh(1 + (c1 * lo + c0) * (c1 * hi + c0)).sum()
     assert torch.allclose(_NormalisedProductTanh.apply(*inputs), ref)
+    # the gradient reaches the box ends exactly as autograd through the plain formula
+    ref.backward()
+    want = [t.grad.clone() for t in (mid, rad, c0)]
+    for t in (mid, rad, c0):
+        t.grad = None
+    _NormalisedProductTanh.apply(*inputs).backward()
+    for got, exp in zip((mid.grad, rad.grad, c0.grad), want):
+        assert torch.allclose(got, exp)

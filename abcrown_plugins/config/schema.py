@@ -84,7 +84,7 @@ SECTIONS: tuple[Section, ...] = (
         O("rewind", Str(("init", "early", "none")), "init", "After pruning, rewind kept weights to their initial values (init), to the dense network after pruning.rewind_epoch epochs (early), or keep training them (none: finetune mode)."),
         O("rewind_epoch", Int(min=0), 1, "Epoch of the dense round whose weights pruning.rewind early restores."),
         O("finetune_epochs", Optional(Int(min=0)), None, "Epochs per pruning round in finetune mode (pruning.rewind none; null: training.epochs)."),
-        O("strategy", Str(("global", "layerwise")), "global", "Unstructured pruning: rank weights across all layers (global) or prune pruning.rate of each layer (layerwise)."),
+        O("strategy", Str(("global", "layerwise")), "global", "Rank weights (channels) across all layers (global) or remove pruning.rate (pruning.channel_rate) of each layer (layerwise)."),
         O("channel_rate", Float(min=0, max=1), 0.11, "Fraction of the remaining channels removed per round (struct_lth, slim)."),
         O("saliency_batches", Int(min=1), 4, "Training batches whose gradients score weights for snip and taylor."),
         O("score_epochs", Optional(Int(min=0)), None, "Epochs of HYDRA score optimisation per round (null: training.epochs)."),

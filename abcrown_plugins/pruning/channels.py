@@ -33,6 +33,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from abcrown_plugins.errors import UserError
 from abcrown_plugins.pruning.mask import Mask
 from model_zoo.layers import BasicBlock, Normalize
 
@@ -309,8 +310,12 @@ def channel_density(cmask: Mapping[str, Tensor]) -> float:
 
 @torch.no_grad()
 def prune_channels_by_score(model: nn.Module, cmask: Mapping[str, Tensor], scores: Mapping[str, Tensor],
-                            rate: float) -> ChannelMask:
-    """Remove ``round(rate * kept)`` of the still-kept channels with the lowest score, globally.
+                            rate: float, strategy: str = "global") -> ChannelMask:
+    """Remove ``round(rate * kept)`` of the still-kept channels with the lowest score.
+
+    ``strategy``: ``global`` ranks the channel units of all groups together;
+    ``layerwise`` removes ``round(rate * kept_group)`` in every group (uniform width
+    reduction, e.g. every conv keeps half its channels at rate 0.5).
 
     The unit of pruning is a *channel unit*: one channel index of one coupled
     group (a singleton group's unit is one channel of one conv). A group's unit
@@ -326,6 +331,8 @@ def prune_channels_by_score(model: nn.Module, cmask: Mapping[str, Tensor], score
     """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"channel pruning rate must be in [0, 1), got {rate}")
+    if strategy not in ("global", "layerwise"):
+        raise UserError(f"unknown channel pruning strategy '{strategy}' (valid: global, layerwise)")
     validate_channel_mask(model, cmask)
     convs = prunable_channels(model)
     for k in convs:
@@ -344,14 +351,10 @@ def prune_channels_by_score(model: nn.Module, cmask: Mapping[str, Tensor], score
         s = torch.where(kp, s, torch.full_like(s, float("inf")))
         s[int(torch.argmax(torch.where(kp, s, torch.full_like(s, -float("inf")))))] = float("inf")  # never empty
         unit_scores.append(s)
-    flat = torch.cat(unit_scores)
-    kept_units = int(sum(int(k.sum()) for k in keep))
-    removable = int(torch.isfinite(flat).sum())
-    n_remove = min(int(round(rate * kept_units)), removable)
-    new_keep = torch.cat(keep)
-    if n_remove > 0:
-        order = torch.argsort(flat, stable=True)
-        new_keep[order[:n_remove]] = False
+    if strategy == "global":
+        new_keep = _remove_lowest_units(torch.cat(unit_scores), torch.cat(keep), rate)
+    else:
+        new_keep = torch.cat([_remove_lowest_units(us, kp, rate) for us, kp in zip(unit_scores, keep)])
     out: ChannelMask = {}
     offset = 0
     for g, kp in zip(groups, keep):
@@ -360,6 +363,16 @@ def prune_channels_by_score(model: nn.Module, cmask: Mapping[str, Tensor], score
         for k in g:
             out[k] = part.clone().to(cmask[k].device)
     return {k: out[k] for k in convs}
+
+
+def _remove_lowest_units(unit_scores: Tensor, keep: Tensor, rate: float) -> Tensor:
+    """``keep`` minus ``round(rate * kept)`` units of lowest score (infinite scores are never removed)."""
+    n_remove = min(int(round(rate * int(keep.sum()))), int(torch.isfinite(unit_scores).sum()))
+    new_keep = keep.clone()
+    if n_remove > 0:
+        order = torch.argsort(unit_scores, stable=True)
+        new_keep[order[:n_remove]] = False
+    return new_keep
 
 
 def random_channel_mask(model: nn.Module, keep: float, generator: torch.Generator | None = None) -> ChannelMask:

@@ -18,7 +18,7 @@ class PruneContext:
 
     ``rate``: fraction of the still-kept weights to remove (unstructured methods);
     ``channel_rate``: fraction of the still-kept channels (channel methods);
-    ``strategy``: ``global`` or ``layerwise`` ranking of weights;
+    ``strategy``: ``global`` or ``layerwise`` ranking of weights (or channels);
     ``train_set``/``objective``: data and loss for data-driven criteria (snip, taylor,
     hydra); ``init_state``: the rewind point (snip scores the weights the subnetwork
     restarts from); ``round`` and ``seed`` make random choices reproducible.

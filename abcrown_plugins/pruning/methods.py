@@ -114,7 +114,7 @@ def prune(method: str | PruningMethod, model: nn.Module, mask: Mask, ctx: PruneC
 
     cmask = channel_mask_of(model, mask)
     scores = criterion.fn(model, mask, ctx)
-    new_cmask = prune_channels_by_score(model, cmask, scores, ctx.channel_rate)
+    new_cmask = prune_channels_by_score(model, cmask, scores, ctx.channel_rate, ctx.strategy)
     # refill: every weight of a kept channel is kept again (StructLTH); for slim this is the same mask
     new = channel_to_weight_mask(model, new_cmask)
     if set(new) != set(mask):

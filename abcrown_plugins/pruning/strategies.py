@@ -3,7 +3,7 @@
 Unstructured: ``global`` removes ``round(rate * kept)`` of the kept weights with the
 lowest scores across all layers; ``layerwise`` removes ``round(rate * kept_layer)`` in
 each layer. Channels: see :func:`abcrown_plugins.pruning.channels.prune_channels_by_score`
-(global over channel units, never emptying a layer). Ties are broken by position, so a
+(the same two strategies over channel units, never emptying a layer). Ties are broken by position, so a
 strategy is deterministic; the result is always a subset of the input mask.
 """
 

@@ -164,6 +164,29 @@ def test_score_pruning_exact_and_shrinking_cnn(rate):
         cm = new
 
 
+@pytest.mark.parametrize("name", ["cnn_7layer", "resnet18_nr"])
+def test_layerwise_channel_pruning_is_uniform_and_exact(name):
+    m = build(name)
+    g = torch.Generator().manual_seed(6)
+    cm = ones_channel_mask(m)
+    groups = channel_groups(m)
+    for _ in range(3):
+        scores = {k: torch.rand(v.numel(), generator=g) for k, v in cm.items()}
+        new = prune_channels_by_score(m, cm, scores, 0.5, strategy="layerwise")
+        validate_channel_mask(m, new)
+        for gr in groups:
+            kept, now = int(cm[gr[0]].sum()), int(new[gr[0]].sum())
+            assert not (new[gr[0]] & ~cm[gr[0]]).any()
+            assert now == kept - min(round(0.5 * kept), kept - 1)  # exact per group, never empty
+            # within the group the removed units are the lowest-scored (summed over members)
+            unit = sum(scores[k] for k in gr)
+            removed, still = unit[cm[gr[0]] & ~new[gr[0]]], unit[new[gr[0]]]
+            assert removed.numel() == 0 or removed.max() <= still.min()
+        cm = new
+    with pytest.raises(Exception, match="unknown channel pruning strategy 'uniform'.*global, layerwise"):
+        prune_channels_by_score(m, cm, scores, 0.5, strategy="uniform")
+
+
 def test_score_pruning_couples_groups_and_never_empties():
     m = build("resnet18_nr")
     g = torch.Generator().manual_seed(5)

@@ -154,3 +154,15 @@ def test_slim_prunes_smallest_gamma():
     gammas = torch.cat([bn.weight.detach().abs() for bn in bn_of(model).values()])
     keep = torch.cat([new_cm[c] for c in bn_of(model)])
     assert gammas[~keep].max() <= gammas[keep].min()
+
+
+def test_slim_layerwise_strategy_prunes_each_conv_alike():
+    model = small()
+    mask = initial_mask("slim", model)
+    new_cm = channel_mask_of(model, prune("slim", model, mask, PruneContext(channel_rate=0.25, strategy="layerwise")))
+    from abcrown_plugins.pruning.channels import bn_of
+
+    for conv, bn in bn_of(model).items():
+        keep, gamma = new_cm[conv], bn.weight.detach().abs()
+        assert int((~keep).sum()) == round(0.25 * keep.numel())
+        assert gamma[~keep].max() <= gamma[keep].min()

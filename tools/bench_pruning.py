@@ -1,6 +1,6 @@
 """Benchmark the pruning toolkit; last line: one JSON object.
 
-    flock /tmp/abcrown_bench.lock python tools/bench_pruning.py [--threads 1] [--steps 6]
+    flock /tmp/abcrown_bench.lock python tools/bench_pruning.py [--threads 1] [--steps 10]
 
 * ``nrs_overhead_ibp``: training-step time with NRSLoss / without, IBP certified training
   of cnn_7layer at the full radius (the regulariser reuses the objective's bounds);
@@ -39,19 +39,17 @@ from abcrown_plugins.pruning.channels import channel_to_weight_mask
 from abcrown_plugins.pruning.compaction import compact
 from abcrown_plugins.pruning.flops import count_macs
 from abcrown_plugins.regularizers import StabilityTerm
-from abcrown_plugins.training import TrainSettings, ibp_init, make_objective
+from abcrown_plugins.training import TrainSettings, backward_step, ibp_init, make_objective
 from abcrown_plugins.config import build_config
 
 
 def _step_timer(model, objective, reg, x, y, eps, opt):
+    regs = [reg] if reg is not None else []
+
     def step():
         t0 = time.perf_counter()
-        out = objective(model, x, y, eps)
-        loss = out.loss
-        if reg is not None:
-            loss = loss + reg.term(model, x, eps, out.bounds)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward_step(model, objective, regs, x, y, eps, eps)  # the training loop's own step
         opt.step()
         return time.perf_counter() - t0
     return step
@@ -118,7 +116,7 @@ def compaction(x, y, eps: float, steps: int, strategy: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--steps", type=int, default=6, help="timed repetitions per figure")
+    ap.add_argument("--steps", type=int, default=10, help="timed repetitions per figure")
     ap.add_argument("--batch", type=int, default=64, help="training batch size")
     ap.add_argument("--verify-batch", type=int, default=256, help="verification batch size")
     args = ap.parse_args()

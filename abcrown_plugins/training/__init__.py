@@ -4,7 +4,7 @@ from abcrown_plugins.training.init import ibp_init
 from abcrown_plugins.training.losses import ibp_loss, robust_logits
 from abcrown_plugins.training.schedule import EpsSchedule, lr_at, ramp_fraction
 from abcrown_plugins.training.objectives import TRAINING_METHODS, StepOutput, make_objective
-from abcrown_plugins.training.trainer import TrainSettings, make_optimizer, train
+from abcrown_plugins.training.trainer import TrainSettings, backward_step, make_optimizer, train
 
-__all__ = ["EpsSchedule", "StepOutput", "TRAINING_METHODS", "TrainSettings", "make_objective", "ibp_init", "ibp_loss", "lr_at", "make_optimizer", "ramp_fraction",
+__all__ = ["EpsSchedule", "StepOutput", "TRAINING_METHODS", "TrainSettings", "backward_step", "make_objective", "ibp_init", "ibp_loss", "lr_at", "make_optimizer", "ramp_fraction",
            "robust_logits", "train"]

@@ -85,6 +85,34 @@ def resume_state(state_path: Path | None, run_key: str, model: nn.Module, optimi
     return list(state["history"]), int(state["epoch"]), state
 
 
+def backward_step(model: nn.Module, objective, regularizers: Sequence, x: torch.Tensor, y: torch.Tensor,
+                  eps_t: float, reg_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch: objective plus regulariser terms; returns ``(loss, logits)``.
+
+    Gradients accumulate into ``.grad`` (the caller zeroes them and steps). When the
+    objective computed no bounds (standard, FGSM, or ``eps_t == 0``) a stability term runs
+    an IBP pass of its own; the objective's graph is then backpropagated and freed before
+    that pass is built: the same gradients (a sum of the two), a lower peak memory, and a
+    few percent less time on CPU.
+    """
+    out = objective(model, x, y, eps_t)
+    if out.bounds is None and regularizers:
+        out.loss.backward()
+        loss = out.loss.detach()
+        extra = [reg.term(model, x, reg_eps, None) for reg in regularizers]
+        extra = [t for t in extra if t.requires_grad]
+        if extra:
+            total = torch.stack(extra).sum()
+            total.backward()
+            loss = loss + total.detach()
+        return loss, out.logits
+    loss = out.loss
+    for reg in regularizers:
+        loss = loss + reg.term(model, x, reg_eps, out.bounds)
+    loss.backward()
+    return loss.detach(), out.logits
+
+
 def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, state_path: Path | None = None,
           run_key: str = "", mask: Mask | None = None, desc: str = "train", regularizers: Sequence = (),
           on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> list[dict[str, Any]]:
@@ -123,13 +151,9 @@ def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, s
             if noise_gen is not None:
                 x = x + s.noise_sigma * torch.randn(x.shape, generator=noise_gen, device=x.device)
             eps_t = schedule(epoch, step) if scheduled else 0.0
-            out = objective(model, x, y, eps_t)
-            logits, loss = out.logits, out.loss
-            reg_eps = eps_t if scheduled else s.eps
-            for reg in regularizers:
-                loss = loss + reg.term(model, x, reg_eps, out.bounds)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logits = backward_step(model, objective, regularizers, x, y, eps_t,
+                                         eps_t if scheduled else s.eps)
             for reg in regularizers:
                 reg.after_backward(model)
             if s.grad_clip > 0:

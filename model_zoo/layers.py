@@ -11,11 +11,21 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; mean and std are buffers (saved, exported)."""
+    """``(x - mean) / std`` per channel; mean and std are buffers (saved, exported).
+
+    The forward runs as a 1x1 convolution with the diagonal weight ``diag(1 / std)`` and
+    bias ``-mean / std`` (non-persistent buffers derived from mean and std): the same map
+    (the off-diagonal zeros add exact zeros), and auto_LiRPA (so α,β-CROWN) then treats
+    the constants as convolution weights. With elementwise buffer operands its patches
+    mode fails on intermediate bounds once many neurons are unstable (a shape error in
+    ``backward_concretize``); a grouped (depthwise) convolution gives unsound bounds in
+    auto_LiRPA 0.7.1, hence the plain one.
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -23,9 +33,31 @@ class Normalize(nn.Module):
             raise ValueError(f"std must be positive, got {tuple(std)}")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("scale", torch.empty(0), persistent=False)
+        self.register_buffer("shift", torch.empty(0), persistent=False)
+        self._sync()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync())
+
+    @torch.no_grad()
+    def _sync(self) -> None:
+        """Recompute the convolution form from mean and std."""
+        scale = torch.diag((1.0 / self.std).reshape(-1))[:, :, None, None]
+        shift = (-self.mean / self.std).reshape(-1)
+        for name, value in (("scale", scale), ("shift", shift)):
+            old = getattr(self, name)
+            if old.shape == value.shape and old.dtype == value.dtype and old.device == value.device:
+                old.copy_(value)  # in place: graphs holding the buffer (auto_LiRPA) stay current
+            else:
+                setattr(self, name, value)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .double(), ...: derive the convolution form again in the new dtype/device
+        out = super()._apply(fn, *args, **kwargs)
+        self._sync()
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return F.conv2d(x, self.scale, self.shift)
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"

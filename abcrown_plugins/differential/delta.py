@@ -69,9 +69,8 @@ def _choose(name: str, value: str, valid: tuple[str, ...]) -> str:
 
 
 def _own_tensors(m: nn.Module) -> dict[str, Tensor]:
-    out = {k: v for k, v in m.named_parameters(recurse=False)}
-    out.update({k: v for k, v in m.named_buffers(recurse=False) if v is not None})
-    return out
+    """Parameters and persistent buffers of ``m`` itself (derived, non-persistent buffers follow them)."""
+    return {k: v for k, v in m.state_dict(keep_vars=True).items() if "." not in k and v is not None}
 
 
 def _rows_changed(base: nn.Module, tuned: nn.Module) -> Tensor | None:

@@ -1,8 +1,9 @@
 """ONNX export of zoo models, checked against torch with onnxruntime while exporting.
 
-The exported graph takes [0,1] pixels (normalisation inside), has BatchNorm in
-eval form (folded into the convolutions by constant folding), a fixed batch of
-1 and opset >= 13. ``export_onnx`` refuses to leave a file behind unless
+The exported graph takes [0,1] pixels (normalisation inside, a 1x1 convolution),
+has BatchNorm in eval form (folded into the convolutions by constant folding), a
+fixed batch of 1 and opset >= 13; every constant tensor is an initializer (the
+converters α,β-CROWN uses read convolution weights from initializers only). ``export_onnx`` refuses to leave a file behind unless
 ``onnx.checker`` passes and onnxruntime's outputs equal torch's within
 ``tol`` on random inputs.
 """
@@ -35,6 +36,26 @@ def run_onnx(session, x: np.ndarray) -> np.ndarray:
     return session.run(None, {name: x.astype(np.float32)})[0]
 
 
+def constants_to_initializers(graph) -> int:
+    """Turn every ``Constant`` node holding a tensor into an initializer of the same name; returns how many."""
+    import onnx
+
+    keep, moved = [], 0
+    for node in graph.node:
+        attrs = list(node.attribute)
+        if node.op_type == "Constant" and len(attrs) == 1 and attrs[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attrs[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return moved
+
+
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], tol: float = 1e-5,
                 checks: int = 8, seed: int = 0) -> float:
     """Export ``model`` (eval) for inputs of ``input_shape`` (C,H,W); returns the max |onnx - torch| seen.
@@ -54,7 +75,10 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), tmp, opset_version=OPSET, dynamo=False, do_constant_folding=True,
                               input_names=["input"], output_names=["output"])
-        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        proto = onnx.load(tmp)
+        constants_to_initializers(proto.graph)
+        onnx.save(proto, tmp)
+        onnx.checker.check_model(proto, full_check=True)
         session = onnx_session(tmp)
         gen = torch.Generator().manual_seed(seed)
         worst = 0.0

@@ -46,7 +46,11 @@ def test_onnx_is_valid_and_equals_torch(bench, small_checkpoint):
     onnx.checker.check_model(m, full_check=True)
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 13
     ops = {n.op_type for n in m.graph.node}
-    assert "BatchNormalization" not in ops and "Squeeze" not in ops
+    assert "BatchNormalization" not in ops and "Squeeze" not in ops and "Constant" not in ops
+    # every Conv reads its weight from an initializer (what α,β-CROWN's ONNX converter needs)
+    inits = {i.name for i in m.graph.initializer}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[1] in inits for n in convs)
     model = model_from_checkpoint(checkpoints.load_model_checkpoint(small_checkpoint))
     session = onnx_session(path)
     x = torch.rand(16, 1, 3, 32, 32)

@@ -129,3 +129,14 @@ def test_channel_pruned_resnet_is_verified_compacted(plugin_in_abcrown_env, tmp_
                   str(res_file)], tmp_path / "abcrown.log")
     assert r.returncode == 0 and res_file.is_file(), f"α,β-CROWN failed, log: {tmp_path / 'abcrown.log'}"
     assert sum(row["result"] == "unsat" for row in results_rows(read_results_pickle(res_file))) >= 1
+
+
+def test_large_eps_runs_through_crown_without_a_shape_error(plugin_in_abcrown_env, tmp_path):
+    """At eps 0.1 most ReLUs are unstable and auto_LiRPA takes its dense patches path, where an
+    elementwise normalisation layer once crashed it; the zoo's Normalize must not."""
+    res_file = tmp_path / "res.pkl"
+    r = _abcrown(["--config", str(REPO / "exp_configs" / "pruned_cnn_small.yaml"), "--results_file", str(res_file),
+                  "--epsilon", "0.1", "--end", "1", "--pgd_order", "skip", "--timeout", "5"], tmp_path / "abcrown.log")
+    assert r.returncode == 0 and res_file.is_file(), f"α,β-CROWN failed, log: {tmp_path / 'abcrown.log'}"
+    assert "must match the size" not in r.stdout + r.stderr
+    assert [row["result"] for row in results_rows(read_results_pickle(res_file))][0] in ("unsat", "unknown", "timeout")

@@ -13,6 +13,7 @@ import torch
 
 import model_zoo
 from abcrown_plugins import checkpoints
+from abcrown_plugins.export.onnx_io import export_onnx
 from abcrown_plugins.integration.smoothing import certify_instance, label_from_spec
 from abcrown_plugins.models import model_meta
 from abcrown_plugins.smoothing import certify, max_certifiable_radius
@@ -96,8 +97,7 @@ def _write_benchmark(folder: Path) -> None:
     net = _net()
     (folder / "onnx").mkdir(parents=True)
     (folder / "vnnlib").mkdir()
-    torch.onnx.export(net, (torch.rand(1, *SHAPE),), str(folder / "onnx" / "net.onnx"), dynamo=False,
-                      input_names=["x"], output_names=["y"])
+    export_onnx(net, folder / "onnx" / "net.onnx", SHAPE)  # the project's export: checked, initializers only
     rows = []
     for i, label in enumerate((0, 1)):
         x = torch.full(SHAPE, 0.3 + 0.2 * i)

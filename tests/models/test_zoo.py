@@ -36,7 +36,7 @@ def test_every_model_normalises_first(name, channels, size):
     m = model_zoo.build_model(name, in_channels=channels, input_size=size, mean=mean, std=std).eval()
     assert isinstance(m[0], model_zoo.Normalize)
     x = torch.rand(3, channels, size, size)
-    assert torch.allclose(m[0](x), (x - 0.3) / 0.2)
+    assert torch.allclose(m[0](x), (x - 0.3) / 0.2, atol=1e-6)
     assert m(x).shape == (3, 10)
     # normalisation buffers travel with the state dict (strict loaders need them)
     assert "0.mean" in m.state_dict() and "0.std" in m.state_dict()
@@ -59,3 +59,15 @@ def test_model_card_states_real_parameter_counts(name):
     for channels, size in [(3, 32), (1, 28)]:
         n = model_zoo.count_parameters(model_zoo.build_model(name, in_channels=channels, input_size=size))
         assert f"{n:,}" in card, f"{name} card lacks the parameter count {n:,} for {channels}x{size}x{size}"
+
+
+def test_normalize_is_the_per_channel_affine_map_and_follows_loaded_statistics():
+    layer = model_zoo.Normalize((0.1, 0.5, 0.9), (0.2, 0.3, 0.4))
+    x = torch.rand(4, 3, 8, 8)
+    mean, std = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1), torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1)
+    assert torch.allclose(layer(x), (x - mean) / std, atol=1e-6)
+    assert set(layer.state_dict()) == {"mean", "std"}  # the convolution form is derived, not saved
+    other = model_zoo.Normalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    other.load_state_dict(layer.state_dict())
+    assert torch.allclose(other(x), layer(x))
+    assert torch.allclose(other.double()(x.double()), (x.double() - mean.double()) / std.double(), atol=1e-12)

@@ -95,12 +95,16 @@ ZOO_PREFIX = "zoo:"
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint path: ``zoo:NAME`` means the model zoo's ``checkpoints/NAME``; else as given."""
+    """A checkpoint path: ``zoo:NAME`` means the model zoo's ``checkpoints/NAME`` (``.pt`` may be left
+    off); else as given."""
     text = str(path)
     if text.startswith(ZOO_PREFIX):
         import model_zoo
 
-        return Path(model_zoo.__file__).parent / "checkpoints" / text[len(ZOO_PREFIX):]
+        found = Path(model_zoo.__file__).parent / "checkpoints" / text[len(ZOO_PREFIX):]
+        if not found.exists() and found.suffix != ".pt" and found.with_name(found.name + ".pt").exists():
+            return found.with_name(found.name + ".pt")
+        return found
     return Path(text).expanduser()
 
 

@@ -68,5 +68,9 @@ def test_written_files_follow_the_umask(tmp_path):
 def test_zoo_prefix_names_shipped_checkpoints():
     payload = checkpoints.load_model_checkpoint("zoo:cnn_7layer_synthetic_pruned.pt")
     assert payload["meta"]["arch"] == "cnn_7layer"
+    assert checkpoints.resolve("zoo:cnn_7layer_synthetic_pruned") == checkpoints.resolve(
+        "zoo:cnn_7layer_synthetic_pruned.pt")  # the suffix may be left off
     with pytest.raises(UserError, match="not found"):
         checkpoints.load_model_checkpoint("zoo:no_such.pt")
+    with pytest.raises(UserError, match="not found"):
+        checkpoints.load_model_checkpoint("zoo:no_such")

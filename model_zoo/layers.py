@@ -18,13 +18,14 @@ from torch import nn
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel; mean and std are buffers (saved, exported).
 
-    The forward runs as a 1x1 convolution with the diagonal weight ``diag(1 / std)`` and
-    bias ``-mean / std`` (non-persistent buffers derived from mean and std): the same map
-    (the off-diagonal zeros add exact zeros), and auto_LiRPA (so α,β-CROWN) then treats
-    the constants as convolution weights. With elementwise buffer operands its patches
-    mode fails on intermediate bounds once many neurons are unstable (a shape error in
-    ``backward_concretize``); a grouped (depthwise) convolution gives unsound bounds in
-    auto_LiRPA 0.7.1, hence the plain one.
+    Traced (auto_LiRPA, so α,β-CROWN, and ONNX export) the layer is a 1x1 convolution with
+    the diagonal weight ``diag(1 / std)`` and bias ``-mean / std`` (non-persistent buffers
+    derived from mean and std): the same map (the off-diagonal zeros add exact zeros), whose
+    constants the verifier then treats as convolution weights. Eager PyTorch runs the
+    elementwise form (a 3-channel 1x1 convolution is ~30x slower on CPU). With elementwise
+    buffer operands auto_LiRPA 0.7.1's patches mode fails on intermediate bounds once many
+    neurons are unstable (a shape error in ``backward_concretize``); a grouped (depthwise)
+    convolution gives unsound bounds there, hence the plain one.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
@@ -57,7 +58,10 @@ class Normalize(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.scale, self.shift)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # graphs for auto_LiRPA (α,β-CROWN) and ONNX: the convolution form
+            return F.conv2d(x, self.scale, self.shift)
+        return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"

@@ -287,9 +287,9 @@ def _apply(module: nn.Module, st: _State, name: str, spec: Tensor | None, last: 
     if isinstance(module, nn.ReLU):
         _relu(st, name)
         return
-    if isinstance(module, Normalize):  # the layer's own map: a 1x1 conv with weight diag(1 / std) >= 0
-        st.mid = F.conv2d(st.mid, module.scale, module.shift)
-        st.rad = F.conv2d(st.rad, module.scale)
+    if isinstance(module, Normalize):
+        st.mid = (st.mid - module.mean) / module.std
+        st.rad = st.rad / module.std
         return
     if isinstance(module, (nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)):
         # linear with non-negative coefficients (or reshape): apply to both ends

@@ -22,7 +22,7 @@ class Normalize(nn.Module):
     the diagonal weight ``diag(1 / std)`` and bias ``-mean / std`` (non-persistent buffers
     derived from mean and std): the same map (the off-diagonal zeros add exact zeros), whose
     constants the verifier then treats as convolution weights. Eager PyTorch runs the
-    elementwise form (a 3-channel 1x1 convolution is ~30x slower on CPU). With elementwise
+    elementwise form (a 3-channel 1x1 convolution is far slower on CPU). With elementwise
     buffer operands auto_LiRPA 0.7.1's patches mode fails on intermediate bounds once many
     neurons are unstable (a shape error in ``backward_concretize``); a grouped (depthwise)
     convolution gives unsound bounds there, hence the plain one.
@@ -42,14 +42,8 @@ class Normalize(nn.Module):
     @torch.no_grad()
     def _sync(self) -> None:
         """Recompute the convolution form from mean and std."""
-        scale = torch.diag((1.0 / self.std).reshape(-1))[:, :, None, None]
-        shift = (-self.mean / self.std).reshape(-1)
-        for name, value in (("scale", scale), ("shift", shift)):
-            old = getattr(self, name)
-            if old.shape == value.shape and old.dtype == value.dtype and old.device == value.device:
-                old.copy_(value)  # in place: graphs holding the buffer (auto_LiRPA) stay current
-            else:
-                setattr(self, name, value)
+        self.scale = torch.diag((1.0 / self.std).reshape(-1))[:, :, None, None]
+        self.shift = (-self.mean / self.std).reshape(-1)
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .double(), ...: derive the convolution form again in the new dtype/device

@@ -3,6 +3,7 @@
 from abcrown_plugins.bounds.ibp import (
     IBPResult,
     ReluBounds,
+    batch_stats,
     input_box,
     interval_propagate,
     margin_lower_bounds,
@@ -11,6 +12,6 @@ from abcrown_plugins.bounds.ibp import (
 from abcrown_plugins.bounds.lirpa import LirpaBounder, lirpa_available, lirpa_bounds
 from abcrown_plugins.bounds.stability import Stability, pre_activation_stability, pre_bn_stability
 
-__all__ = ["IBPResult", "LirpaBounder", "ReluBounds", "Stability", "input_box", "interval_propagate",
+__all__ = ["IBPResult", "LirpaBounder", "ReluBounds", "Stability", "batch_stats", "input_box", "interval_propagate",
            "lirpa_available", "lirpa_bounds", "margin_lower_bounds", "margin_spec", "pre_activation_stability",
            "pre_bn_stability"]

@@ -33,8 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from abcrown_plugins.bounds import IBPResult, ReluBounds, input_box, interval_propagate
-from abcrown_plugins.bounds.ibp import batch_stats
+from abcrown_plugins.bounds import IBPResult, ReluBounds, batch_stats, input_box, interval_propagate
 
 
 class _NormalisedProductTanh(torch.autograd.Function):
@@ -44,8 +43,9 @@ class _NormalisedProductTanh(torch.autograd.Function):
     positive, constant) and ``c0`` (same shape, gradient wanted) per channel. With
     ``z = c1 * mid + c0`` and ``s = c1 * rad`` the product is ``a * b = z^2 - s^2``, so the
     ends of the box are never formed; ``tanh(q) = 2 * sigmoid(2q) - 1`` (the same value,
-    a several times faster kernel on CPU), summed as ``2 * sum(sigmoid) - n``. Saves three tensors and runs about a third of the
-    elementwise passes autograd would, which keeps NRSLoss cheap next to IBP.
+    a faster kernel on CPU), summed as ``2 * sum(sigmoid) - n``. Saves two new tensors
+    and runs about a third of the elementwise passes autograd would, which keeps
+    NRSLoss cheap next to IBP.
     """
 
     @staticmethod

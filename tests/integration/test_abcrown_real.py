@@ -58,12 +58,17 @@ def _abcrown(args: list[str], log: Path) -> subprocess.CompletedProcess:
     return r
 
 
-def test_pruned_yaml_verifies_and_agrees_with_ibp_and_pgd(plugin_in_abcrown_env, tmp_path):
+def _run_config(config: str, tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """α,β-CROWN on ``exp_configs/<config>``; asserts it finished and returns its result rows."""
     res_file = tmp_path / "res.pkl"
-    r = _abcrown(["--config", str(REPO / "exp_configs" / "pruned.yaml"), "--results_file", str(res_file)],
+    r = _abcrown(["--config", str(REPO / "exp_configs" / config), "--results_file", str(res_file), *extra],
                  tmp_path / "abcrown.log")
     assert r.returncode == 0 and res_file.is_file(), f"α,β-CROWN failed, log: {tmp_path / 'abcrown.log'}"
-    rows = results_rows(read_results_pickle(res_file))
+    return r, results_rows(read_results_pickle(res_file))
+
+
+def test_pruned_yaml_verifies_and_agrees_with_ibp_and_pgd(plugin_in_abcrown_env, tmp_path):
+    _, rows = _run_config("pruned.yaml", tmp_path)
     assert len(rows) == 5
     assert sum(row["result"] == "unsat" for row in rows) >= 1
 
@@ -109,11 +114,8 @@ def test_broken_instance_is_an_error_row_and_the_batch_goes_on(plugin_in_abcrown
 
 
 def test_sibling_config_cnn_small(plugin_in_abcrown_env, tmp_path):
-    res_file = tmp_path / "res.pkl"
-    r = _abcrown(["--config", str(REPO / "exp_configs" / "pruned_cnn_small.yaml"), "--results_file",
-                  str(res_file)], tmp_path / "abcrown.log")
-    assert r.returncode == 0 and res_file.is_file(), f"α,β-CROWN failed, log: {tmp_path / 'abcrown.log'}"
-    assert sum(row["result"] == "unsat" for row in results_rows(read_results_pickle(res_file))) >= 1
+    _, rows = _run_config("pruned_cnn_small.yaml", tmp_path)
+    assert sum(row["result"] == "unsat" for row in rows) >= 1
 
 
 def test_channel_pruned_resnet_is_verified_compacted(plugin_in_abcrown_env, tmp_path):
@@ -124,19 +126,14 @@ def test_channel_pruned_resnet_is_verified_compacted(plugin_in_abcrown_env, tmp_
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in masked.parameters())
     x = torch.rand(8, 3, 32, 32)
     assert torch.allclose(small(x), masked(x), atol=1e-5)
-    res_file = tmp_path / "res.pkl"
-    r = _abcrown(["--config", str(REPO / "exp_configs" / "pruned_resnet_small.yaml"), "--results_file",
-                  str(res_file)], tmp_path / "abcrown.log")
-    assert r.returncode == 0 and res_file.is_file(), f"α,β-CROWN failed, log: {tmp_path / 'abcrown.log'}"
-    assert sum(row["result"] == "unsat" for row in results_rows(read_results_pickle(res_file))) >= 1
+    _, rows = _run_config("pruned_resnet_small.yaml", tmp_path)
+    assert sum(row["result"] == "unsat" for row in rows) >= 1
 
 
 def test_large_eps_runs_through_crown_without_a_shape_error(plugin_in_abcrown_env, tmp_path):
     """At eps 0.1 most ReLUs are unstable and auto_LiRPA takes its dense patches path, where an
     elementwise normalisation layer once crashed it; the zoo's Normalize must not."""
-    res_file = tmp_path / "res.pkl"
-    r = _abcrown(["--config", str(REPO / "exp_configs" / "pruned_cnn_small.yaml"), "--results_file", str(res_file),
-                  "--epsilon", "0.1", "--end", "1", "--pgd_order", "skip", "--timeout", "5"], tmp_path / "abcrown.log")
-    assert r.returncode == 0 and res_file.is_file(), f"α,β-CROWN failed, log: {tmp_path / 'abcrown.log'}"
+    r, rows = _run_config("pruned_cnn_small.yaml", tmp_path, "--epsilon", "0.1", "--end", "1", "--pgd_order", "skip",
+                          "--timeout", "5")
     assert "must match the size" not in r.stdout + r.stderr
-    assert [row["result"] for row in results_rows(read_results_pickle(res_file))][0] in ("unsat", "unknown", "timeout")
+    assert rows[0]["result"] in ("unsat", "unknown", "timeout")

@@ -1,11 +1,9 @@
-"""Run-time plumbing shared by the CLI and pipelines: device, threads, seeds, progress bars."""
+"""Run-time plumbing shared by the CLI and experiments: device, threads, seeds, progress bars."""
 
 from __future__ import annotations
 
-import json
 import random
 import sys
-from pathlib import Path
 from typing import Iterable, TypeVar
 
 import numpy as np
@@ -46,26 +44,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def claim_run_dir(out: Path, config_hash: str, config_text: str, name: str, kind: str) -> None:
-    """Create the run folder ``out``, or accept it when it holds a ``kind`` run of the same config.
-
-    Writes ``config.yaml`` and a ``run.json`` marker (atomically). A folder holding
-    another config's run, or anything else, is refused: resuming there would mix runs.
-    """
-    from abcrown_plugins.checkpoints import atomic_write_text
-
-    marker = out / "run.json"
-    if marker.is_file():
-        previous = json.loads(marker.read_text())
-        if previous.get("config_hash") != config_hash or previous.get("kind", "pruning") != kind:
-            raise UserError(f"output folder '{out}' holds another run ({previous.get('kind', 'pruning')}, config hash "
-                            f"{previous.get('config_hash')}; this is {kind}, {config_hash}); pass another --output "
-                            "or delete it")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder '{out}' is not empty and holds no abcrown-plugins run; pass another --output")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config_text)
-    atomic_write_text(marker, json.dumps({"config_hash": config_hash, "name": name, "kind": kind}) + "\n")

@@ -22,10 +22,9 @@ from pathlib import Path
 
 from abcrown_plugins import checkpoints
 from abcrown_plugins.export import export_benchmark, parse_eps
-from abcrown_plugins.integration.abcrown_env import require_abcrown
-from abcrown_plugins.integration.models import resolve_checkpoint
-from abcrown_plugins.integration.vnncomp import run_benchmark
-from abcrown_plugins.models import model_from_checkpoint
+from abcrown_plugins.abcrown.abcrown_env import require_abcrown
+from abcrown_plugins.abcrown.vnncomp import run_benchmark
+from abcrown_plugins.models import load_model
 from abcrown_plugins.pruning.channels import bn_of, channel_density, channel_to_weight_mask, ones_channel_mask, \
     prune_channels_by_score
 from abcrown_plugins.pruning.flops import count_macs
@@ -45,18 +44,19 @@ def main() -> int:
     args = ap.parse_args()
     require_abcrown()
     out = Path(args.out)
-    payload = checkpoints.load_model_checkpoint(resolve_checkpoint(args.checkpoint))
-    model = model_from_checkpoint(payload)
-    if payload["meta"]["arch"] != "cnn_7layer":
-        print(f"warning: {args.checkpoint} is a {payload['meta']['arch']}, not cnn_7layer", file=sys.stderr)
+    loaded = load_model(args.checkpoint)
+    model = loaded.model
+    if loaded.meta.arch != "cnn_7layer":
+        print(f"warning: {args.checkpoint} is a {loaded.meta.arch}, not cnn_7layer", file=sys.stderr)
     scores = {name: bn.weight.detach().abs() for name, bn in bn_of(model).items()}
     cmask = prune_channels_by_score(model, ones_channel_mask(model), scores, 0.5)
     channel_to_weight_mask(model, cmask).apply_(model)
-    meta = {**payload["meta"], "note": "50% channels pruned by |gamma| for bench_abcrown"}
+    meta = loaded.meta.replace(note="50% channels pruned by |gamma| for bench_abcrown")
     masked_ckpt, compact_ckpt = out / "masked.pt", out / "compacted.pt"
-    checkpoints.save_model_checkpoint(masked_ckpt, model.state_dict(), meta, payload.get("masks"))
-    checkpoints.save_model_checkpoint(compact_ckpt, model.state_dict(), meta, payload.get("masks"), channel_masks=cmask)
-    shape = (meta["channels"], meta["input_size"], meta["input_size"])
+    masks = loaded.checkpoint.masks
+    checkpoints.save_model_checkpoint(masked_ckpt, model.state_dict(), meta, masks)
+    checkpoints.save_model_checkpoint(compact_ckpt, model.state_dict(), meta, masks, channel_masks=cmask)
+    shape = meta.input_shape
     macs_dense, macs_small = count_macs(model, shape), count_macs(compact(model, cmask), shape)
 
     eps = parse_eps(args.eps)

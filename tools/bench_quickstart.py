@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from abcrown_plugins.config import load_config
-from abcrown_plugins.pipeline import run_pipeline
+from abcrown_plugins.experiments import run_pruning
 from abcrown_plugins.runtime import set_progress
 
 TARGET_S = 180.0
@@ -34,7 +34,7 @@ def main() -> int:
     set_progress(False)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        _, rows = run_pipeline(cfg, Path(tmp) / "out")
+        _, rows = run_pruning(cfg, Path(tmp) / "out")
         wall = time.perf_counter() - start
     for r in rows:
         print(f"round {r['round']}: remain {r['remain_ratio']:.3f} clean {r['std_acc']:.3f} "

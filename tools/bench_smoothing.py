@@ -66,7 +66,7 @@ from abcrown_plugins.differential.delta import calibrate_batchnorm, center_class
 from abcrown_plugins.report import markdown_table, write_markdown
 from abcrown_plugins.runtime import set_progress
 from abcrown_plugins.smoothing.certify import certify, noise_batches, sample_counts
-from abcrown_plugins.checkpoints import atomic_write_text
+from abcrown_plugins.fileio import atomic_write_text
 from abcrown_plugins.transfer.masks import build_mask, classifier_names, layer_order, unit_layout
 
 PATTERNS = ("unstructured", "structured", "groupwise")

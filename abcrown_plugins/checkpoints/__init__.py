@@ -7,51 +7,31 @@ reads it and nothing in it can run code::
     {"format": FORMAT, "state_dict": {...folded dense weights...},
      "meta": {"arch", "dataset", "num_classes", "channels", "input_size", "mean", "std",
               "eps", "config_hash", "config", "metrics", ...},
-     "masks": {param_name: bool tensor} }
+     "masks": {param_name: bool tensor},
+     "channel_masks": {conv_name: bool tensor per output channel} (channel-pruned only) }
 
-Writes go to a temporary file in the target folder, are flushed to disk,
-then renamed over the target: a killed run never leaves half a checkpoint.
+:func:`read_model_checkpoint` gives it back typed (:class:`ModelCheckpoint`,
+:class:`ModelMeta`); :func:`abcrown_plugins.models.load_model` turns it into a model.
+
+Writes are atomic (:mod:`abcrown_plugins.fileio`): a killed run never leaves
+half a checkpoint.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from abcrown_plugins.checkpoints.meta import MetaError, ModelCheckpoint, ModelMeta, TaskInfo, TransferInfo
 from abcrown_plugins.errors import UserError
+from abcrown_plugins.fileio import atomic_write_bytes
+
+__all__ = ["FORMAT", "ModelCheckpoint", "ModelMeta", "TaskInfo", "TransferInfo", "ZOO_PREFIX", "load",
+           "read_model_checkpoint", "resolve", "save", "save_model_checkpoint"]
 
 FORMAT = "abcrown_plugins.checkpoint/1"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
@@ -74,23 +54,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return payload
 
 
-def save_model_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
-                          masks: dict[str, torch.Tensor] | None = None,
-                          channel_masks: dict[str, torch.Tensor] | None = None) -> None:
-    """Write a model checkpoint in :data:`FORMAT` (weights already mask-folded).
-
-    ``channel_masks`` (conv name -> bool per output channel) marks a channel-pruned
-    network; loaders for verifiers then rebuild it physically smaller.
-    """
-    payload = {"format": FORMAT,
-               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-               "meta": meta,
-               "masks": {k: v.detach().cpu() for k, v in (masks or {}).items()}}
-    if channel_masks:
-        payload["channel_masks"] = {k: v.detach().cpu().bool() for k, v in channel_masks.items()}
-    save(path, payload)
-
-
 ZOO_PREFIX = "zoo:"
 
 
@@ -108,16 +71,39 @@ def resolve(path: str | Path) -> Path:
     return Path(text).expanduser()
 
 
-def load_model_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a model checkpoint (a path or ``zoo:NAME``) and check its format and required metadata."""
-    path = resolve(path)
+def save_model_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: ModelMeta | dict[str, Any],
+                          masks: dict[str, torch.Tensor] | None = None,
+                          channel_masks: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a model checkpoint in :data:`FORMAT` (weights already mask-folded).
+
+    ``meta`` is validated as a :class:`ModelMeta`. ``channel_masks`` (conv name ->
+    bool per output channel) marks a channel-pruned network; :func:`abcrown_plugins.models.load_model`
+    then rebuilds it physically smaller when asked to compact.
+    """
+    if not isinstance(meta, ModelMeta):
+        meta = ModelMeta.from_dict(meta)
+    payload = {"format": FORMAT,
+               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+               "meta": meta.to_dict(),
+               "masks": {k: v.detach().cpu() for k, v in (masks or {}).items()}}
+    if channel_masks:
+        payload["channel_masks"] = {k: v.detach().cpu().bool() for k, v in channel_masks.items()}
+    save(path, payload)
+
+
+def read_model_checkpoint(path: str | Path) -> ModelCheckpoint:
+    """Read a model checkpoint (a path or ``zoo:NAME``): format checked, metadata typed; else UserError."""
+    given, path = path, resolve(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{given}' not found (looked at {path.resolve()})")
     payload = load(path)
     if payload.get("format") != FORMAT or "state_dict" not in payload:
         raise UserError(f"'{path}' is not an abcrown_plugins model checkpoint "
                         f"(format {payload.get('format')!r}, expected {FORMAT!r})")
-    meta = payload.get("meta", {})
-    missing = [k for k in ("arch", "dataset", "num_classes", "channels", "input_size", "mean", "std")
-               if k not in meta]
-    if missing:
-        raise UserError(f"checkpoint '{path}' lacks metadata {missing}; re-create it with abcrown-plugins")
-    return payload
+    try:
+        meta = ModelMeta.from_dict(payload.get("meta", {}))
+    except MetaError as e:
+        raise UserError(f"checkpoint '{path}' {e}; re-create it with abcrown-plugins") from None
+    return ModelCheckpoint(path=path, state_dict=payload["state_dict"], meta=meta,
+                           masks={k: v.bool() for k, v in (payload.get("masks") or {}).items()},
+                           channel_masks={k: v.bool() for k, v in (payload.get("channel_masks") or {}).items()})

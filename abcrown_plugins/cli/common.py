@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from abcrown_plugins.config import load_config, parse_override_args
 from abcrown_plugins.errors import UserError
 
 PROG = "abcrown-plugins"
@@ -18,6 +19,4 @@ class Parser(argparse.ArgumentParser):
 
 def config_from(args):
     """The config of ``args.config`` (may be None) with ``args.overrides`` applied."""
-    from abcrown_plugins.config import load_config, parse_override_args
-
     return load_config(args.config, parse_override_args(args.overrides))

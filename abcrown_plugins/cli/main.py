@@ -12,13 +12,13 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from abcrown_plugins.cli import integration_commands, pipeline_commands
+from abcrown_plugins.cli import abcrown_commands, pipeline_commands
 from abcrown_plugins.cli import smoothing_commands
 from abcrown_plugins.cli import pruning_commands
 from abcrown_plugins.cli.common import PROG, Parser
 from abcrown_plugins.errors import UserError
 
-COMMAND_MODULES = (pipeline_commands, integration_commands, smoothing_commands, pruning_commands)
+COMMAND_MODULES = (pipeline_commands, abcrown_commands, smoothing_commands, pruning_commands)
 
 
 def build_parser() -> Parser:

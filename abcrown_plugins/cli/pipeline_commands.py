@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+import model_zoo
 from abcrown_plugins.cli.common import config_from
+from abcrown_plugins.config import dump_config, dump_reference, load_config, parse_override_args
+from abcrown_plugins.experiments import last_checkpoint, run_pruning, run_verify
+from abcrown_plugins.report import markdown_table
+from abcrown_plugins.runtime import set_progress
 
 
 def _cmd_run(args) -> int:
-    from abcrown_plugins.pipeline import run_pipeline
-    from abcrown_plugins.runtime import set_progress
-
     cfg = config_from(args)
     set_progress(cfg.general.progress)
-    out, rows = run_pipeline(cfg, Path(args.output) if args.output else None)
-    from abcrown_plugins.report import markdown_table
-
+    out, rows = run_pruning(cfg, args.output)
     print(markdown_table(rows, ["round", "remain_ratio", "std_acc", "verified_acc", "unstable_ratio", "time_s"]))
     print(f"results: {out}/summary.csv, {out}/summary.md" + (f", {out}/verified_acc.png" if cfg.output.plot else ""))
     print(json.dumps({"output": str(out), "rounds": len(rows), "final": rows[-1]}))
@@ -25,12 +24,9 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from abcrown_plugins.pipeline import last_checkpoint, run_pipeline
-    from abcrown_plugins.runtime import set_progress
-
     cfg = config_from(args).replace(pruning={"rounds": 0})
     set_progress(cfg.general.progress)
-    out, rows = run_pipeline(cfg, Path(args.output) if args.output else None)
+    out, rows = run_pruning(cfg, args.output)
     r = rows[-1]
     print(f"checkpoint: {last_checkpoint(out, cfg)}")
     print(f"clean accuracy {r['std_acc']:.2%}, verified accuracy {r['verified_acc']:.2%} at eps {r['eps']:.6g}")
@@ -38,27 +34,14 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from abcrown_plugins import checkpoints
-    from abcrown_plugins.config import load_config, parse_override_args
-    from abcrown_plugins.data import load_dataset
-    from abcrown_plugins.models import model_from_checkpoint
-    from abcrown_plugins.runtime import select_device, set_progress, set_threads
-    from abcrown_plugins.verification import evaluate
-
     overrides = parse_override_args(args.overrides)
     if args.eps is not None:
         overrides.append(("verification.eps", args.eps))
     cfg = load_config(args.config, overrides)
     set_progress(cfg.general.progress)
-    set_threads(cfg.general.num_threads)
-    device = select_device(cfg.general.device)
-    payload = checkpoints.load_model_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(payload).to(device)
-    test_set = load_dataset(payload["meta"]["dataset"], "test", cfg.data.root, cfg.data.num_test,
-                            seed=cfg.general.seed)
+    res, meta = run_verify(cfg, args.checkpoint)
     v = cfg.verification
-    res = evaluate(model, test_set, v.eps, v.method, v.batch_size, v.num_examples, device)
-    print(f"{args.checkpoint}: {res.n} test images of {payload['meta']['dataset']}, eps {v.eps:.6g} "
+    print(f"{args.checkpoint}: {res.n} test images of {meta.dataset}, eps {v.eps:.6g} "
           f"({v.eps * 255:.3g}/255), {v.method.upper()}")
     print(f"  clean accuracy    {res.std_acc:.2%}")
     print(f"  verified accuracy {res.verified_acc:.2%}")
@@ -68,8 +51,6 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    from abcrown_plugins.config import dump_config, dump_reference
-
     if args.config is None and not args.overrides:
         sys.stdout.write(dump_reference() + "\n")
     else:
@@ -78,8 +59,6 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    import model_zoo
-
     width = max(len(n) for n in model_zoo.MODELS)
     for name, entry in sorted(model_zoo.MODELS.items()):
         print(f"{name:<{width}}  {entry.description}")

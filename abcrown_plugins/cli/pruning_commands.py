@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from abcrown_plugins.pruning import ALIASES, CRITERIA, METHODS
+from abcrown_plugins.regularizers import REGULARIZERS
+from abcrown_plugins.training import TRAINING_METHODS
+
 
 def _cmd_methods(args) -> int:
-    from abcrown_plugins.pruning import ALIASES, CRITERIA, METHODS
-    from abcrown_plugins.regularizers import REGULARIZERS
-    from abcrown_plugins.training import TRAINING_METHODS
-
     width = max(len(n) for n in METHODS)
     print("pruning methods (pruning.method):")
     for name, m in METHODS.items():

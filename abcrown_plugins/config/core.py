@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import yaml
 
 from abcrown_plugins.config.kinds import KindError
-from abcrown_plugins.config.schema import SECTION_BY_NAME, SECTIONS
+from abcrown_plugins.config.schema import CHECKS, SECTION_BY_NAME, SECTIONS
 from abcrown_plugins.errors import UserError
 
 
@@ -125,7 +125,11 @@ def build_config(tree: dict[str, Any] | None, overrides: Iterable[tuple[str, Any
             _set(values, f"{section_name}.{key}", raw, source)
     for dotted, raw in overrides:
         _set(values, dotted, raw, override_source)
-    return Config(**{name: _SECTION_CLASSES[name](**values[name]) for name in values})
+    cfg = Config(**{name: _SECTION_CLASSES[name](**values[name]) for name in values})
+    for check in CHECKS:
+        if not check.holds(cfg):
+            raise UserError(check.message(cfg))
+    return cfg
 
 
 def read_yaml(path: str | Path) -> Any:

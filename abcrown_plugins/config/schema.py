@@ -2,12 +2,14 @@
 
 ``abcrown-plugins config --dump`` renders this table; the loader validates
 against it; nothing else declares options. To add an option, add one line here.
+Rules that tie several keys together are declared here too (:data:`CHECKS`)
+and enforced by the loader, so no runner repeats them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from abcrown_plugins.config.kinds import Bool, Eps, Float, Int, Kind, List, Optional, Str
 
@@ -147,3 +149,31 @@ SECTIONS: tuple[Section, ...] = (
 )
 
 SECTION_BY_NAME = {s.name: s for s in SECTIONS}
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule over several keys: ``holds(cfg)`` must be true, else ``message(cfg)`` (one line) is the error."""
+
+    keys: tuple[str, ...]
+    holds: Callable[[Any], bool]
+    message: Callable[[Any], str]
+
+
+DATASET_TASK = "dataset:"
+"""Prefix of a transfer task that is a whole data set (``dataset:svhn``) rather than a synthetic attribute."""
+
+CHECKS: tuple[Check, ...] = (
+    Check(("pruning.rewind", "pruning.rewind_epoch", "training.epochs"),
+          lambda c: not (c.pruning.rewind == "early" and c.pruning.rewind_epoch > c.training.epochs),
+          lambda c: f"pruning.rewind_epoch {c.pruning.rewind_epoch} is after the last epoch of the dense round "
+                    f"(training.epochs {c.training.epochs}); choose 0..{c.training.epochs}"),
+    Check(("transfer.tasks",), lambda c: bool(c.transfer.tasks),
+          lambda c: "transfer.tasks is empty; name at least one downstream attribute"),
+    Check(("transfer.group_shape",), lambda c: len(c.transfer.group_shape) == 2,
+          lambda c: f"transfer.group_shape must have two entries [out, in], got {list(c.transfer.group_shape)}"),
+    Check(("transfer.tasks", "model.checkpoint"),
+          lambda c: bool(c.model.checkpoint) or not any(t.startswith(DATASET_TASK) for t in c.transfer.tasks),
+          lambda c: "a 'dataset:NAME' transfer task needs a pretrained base network: set model.checkpoint "
+                    "(e.g. from `abcrown-plugins train` on the source data set)"),
+)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.io import loadmat
 
 from abcrown_plugins.data.base import DataInfo, ImageDataset
 from abcrown_plugins.data.registry import DatasetSource, register_dataset
@@ -254,10 +255,6 @@ def read_mnist(dataset: str, root: str | None, split: str, subdir: str) -> tuple
 def read_svhn(root: str | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Read SVHN ``split`` (cropped digits): ``uint8`` ``N x 3 x 32 x 32`` images, ``int64`` ``N`` labels 0-9."""
     (path,) = _find(f"svhn {split}", root, ("", "svhn"), (f"{split}_32x32.mat",))
-    try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise UserError("reading svhn needs scipy; install it with 'pip install scipy'") from None
     try:
         mat = loadmat(path)
     except (ValueError, OSError, NotImplementedError, TypeError) as error:

@@ -9,7 +9,9 @@ and the engine's argmaxes equal the dense networks'):
 - **Multi-task** (:func:`multitask_counts`, :func:`multitask_certify`): one noise
   draw, T networks; per noise batch the base prefix runs once for all T.
   ``multitask_certify(...)[t]`` equals ``certify(task_t, ...)`` with a
-  generator in the same state (same prediction, radius, pA_lower, counts).
+  generator in the same state (same prediction, radius, pA_lower, counts): the
+  counts are the same and both decide with
+  :func:`~abcrown_plugins.smoothing.certify.decide`.
 - **Base trace** (:func:`record_trace`, :func:`trace_counts`,
   :func:`certify_from_traces`): the base's activations that the engine's tasks
   read, recorded once per noise batch (the work of certifying the base), then
@@ -32,8 +34,7 @@ from torch import Tensor
 from abcrown_plugins.differential.engine import DifferentialEngine
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.runtime import progress
-from abcrown_plugins.smoothing.certify import (ABSTAIN, SmoothingResult, check_settings, noise_batches,
-                                               radius_from_counts)
+from abcrown_plugins.smoothing.certify import SmoothingResult, check_settings, decide, noise_batches
 
 
 def _tasks(engine: DifferentialEngine, tasks: Sequence[int] | None) -> list[int]:
@@ -62,15 +63,6 @@ def multitask_counts(engine: DifferentialEngine, x: Tensor, num: int, sigma: flo
     return counts
 
 
-def _result(selection: Tensor, counts: Tensor, n0: int, n: int, alpha: float, sigma: float,
-            seconds: float) -> SmoothingResult:
-    c_a = int(selection.argmax())
-    p_lower, radius = radius_from_counts(int(counts[c_a]), n, alpha, sigma)
-    prediction = c_a if p_lower > 0.5 else ABSTAIN
-    return SmoothingResult(prediction, radius if prediction != ABSTAIN else 0.0, p_lower,
-                           [int(c) for c in counts], n0, n, float(alpha), float(sigma), seconds)
-
-
 def multitask_certify(engine: DifferentialEngine, x: Tensor, n0: int, n: int, alpha: float, sigma: float,
                       batch_size: int, generator: torch.Generator,
                       tasks: Sequence[int] | None = None) -> list[SmoothingResult]:
@@ -86,7 +78,7 @@ def multitask_certify(engine: DifferentialEngine, x: Tensor, n0: int, n: int, al
     sel = multitask_counts(engine, x, n0, sigma, batch_size, generator, tasks, "selection")
     est = multitask_counts(engine, x, n, sigma, batch_size, generator, tasks, "estimation")
     seconds = time.perf_counter() - t0
-    return [_result(s, c, n0, n, alpha, sigma, seconds) for s, c in zip(sel, est)]
+    return [decide(s, c, n0, n, alpha, sigma, seconds) for s, c in zip(sel, est)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,5 +184,5 @@ def certify_from_traces(engine: DifferentialEngine, selection: BaseTrace, estima
     sel = trace_counts(engine, selection, tasks, "selection replay")
     est = trace_counts(engine, estimation, tasks, "estimation replay")
     seconds = time.perf_counter() - t0
-    return [_result(s, c, selection.num, estimation.num, alpha, estimation.sigma, seconds)
+    return [decide(s, c, selection.num, estimation.num, alpha, estimation.sigma, seconds)
             for s, c in zip(sel, est)]

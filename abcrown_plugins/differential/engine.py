@@ -126,25 +126,41 @@ class _Plan:
         return max((_top(p) for t in tasks for p in self.needs[t]), default=-1) + 1
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What one computation of a task's logits reads besides the task (made per call, never stored).
+
+    ``be``: the effective break-even of the call
+    (:meth:`DifferentialEngine._effective_break_even`); ``base``: the base
+    activation at a path.
+    """
+
+    be: float
+    base: Callable[[str], Tensor]
+
+
 class _Act:
     """A task's activation: the base's (``base``) except at positions ``idx`` of dim 1 (values ``vals``).
 
     ``idx`` empty: identical to the base (shared). ``idx`` None: differs
-    everywhere, ``vals`` is the full tensor and ``base`` is unused.
+    everywhere, ``vals`` is the full tensor and ``base`` is unused. ``exact``:
+    every step that produced it is bitwise exact (shared modules, dense
+    recomputation); a recomputed channel subset or a differential product
+    upstream clears it, and every step passes it on.
     """
 
-    __slots__ = ("base", "idx", "vals")
+    __slots__ = ("base", "idx", "vals", "exact")
 
-    def __init__(self, base: Tensor | None, idx: Tensor | None, vals: Tensor | None):
-        self.base, self.idx, self.vals = base, idx, vals
-
-    @classmethod
-    def shared(cls, base: Tensor) -> "_Act":
-        return cls(base, _EMPTY, None)
+    def __init__(self, base: Tensor | None, idx: Tensor | None, vals: Tensor | None, exact: bool):
+        self.base, self.idx, self.vals, self.exact = base, idx, vals, exact
 
     @classmethod
-    def dense(cls, vals: Tensor) -> "_Act":
-        return cls(None, None, vals)
+    def shared(cls, base: Tensor, exact: bool) -> "_Act":
+        return cls(base, _EMPTY, None, exact)
+
+    @classmethod
+    def dense(cls, vals: Tensor, exact: bool) -> "_Act":
+        return cls(None, None, vals, exact)
 
     @property
     def is_dense(self) -> bool:
@@ -171,10 +187,10 @@ class _Act:
         return out
 
 
-def _diff(base: Tensor, idx: Tensor, vals: Tensor) -> _Act:
+def _diff(base: Tensor, idx: Tensor, vals: Tensor, exact: bool) -> _Act:
     if idx.numel() == base.shape[1]:  # every position differs: plain dense
-        return _Act.dense(vals)
-    return _Act(base, idx, vals)
+        return _Act.dense(vals, exact)
+    return _Act(base, idx, vals, exact)
 
 
 def _union(a: Tensor, b: Tensor) -> Tensor:
@@ -203,6 +219,11 @@ class DifferentialEngine:
     per task, equal to ``task_t(x)`` up to float32 rounding, with argmaxes
     identical to ``task_t(x).argmax(1)`` (near-tie guard). The engine holds
     references to the models: do not change their weights afterwards.
+
+    A call's own facts travel as values: its effective break-even and base
+    activations in a :class:`_Run` argument, whether a task's steps were
+    bitwise exact on the :class:`_Act` they return. Between calls the engine
+    keeps only caches (dry-run plans, weight subsets) and :attr:`stats`.
     """
 
     def __init__(self, base: nn.Module, tasks: Sequence[nn.Module], *, break_even: float = BREAK_EVEN,
@@ -232,8 +253,6 @@ class DifferentialEngine:
         self._changed_steps = [{s.path for s in self._ir if self._step_changed(ch, s)} for ch in self._changes]
         self._cache: list[dict] = [dict() for _ in self.tasks]
         self._plans: dict[tuple, _Plan] = {}
-        self._be = self.break_even  # effective break-even of the run in progress
-        self._inexact = False       # set by steps that are not bitwise exact (dry runs read it)
 
     # -- structure -----------------------------------------------------------------------------
 
@@ -326,11 +345,11 @@ class DifferentialEngine:
                     seen.add(p)
                     return full[p]
 
-                self._be, self._inexact = be, False
                 with torch.no_grad():
-                    classes.append(int(self._raw_task(t, get)[0].shape[1]))
+                    logits, _, task_exact = self._raw_task(t, _Run(be, get))
+                classes.append(int(logits.shape[1]))
                 needs.append(seen)
-                exact.append(not self._inexact)
+                exact.append(task_exact)
             self._plans[key] = _Plan(needs, classes, exact)
         return self._plans[key]
 
@@ -383,8 +402,7 @@ class DifferentialEngine:
         return rows.numel() / n_out
 
     def _rows_out(self, t: int, path: str, x: Tensor, rows: Tensor) -> Tensor:
-        """Task ``t``'s module at ``path`` on input ``x``, output channels ``rows`` only."""
-        self._inexact = True
+        """Task ``t``'s module at ``path`` on input ``x``, output channels ``rows`` only (not bitwise exact)."""
         key = ("rows", path)
         cache = self._cache[t]
         if key not in cache:
@@ -421,89 +439,90 @@ class DifferentialEngine:
             return F.conv2d(x, w, b, m.stride, m.padding, m.dilation, 1)
         return F.linear(x, w, b)
 
-    def _leaf(self, t: int, path: str, act: _Act, base: Callable[[str], Tensor]) -> _Act:
+    def _leaf(self, t: int, path: str, act: _Act, run: _Run) -> _Act:
         m = self._task_mods[t][path]
         ch = self._changes[t].get(path)
+        base = run.base
         if act.is_dense:
-            return _Act.dense(m(act.vals))
+            return _Act.dense(m(act.vals), act.exact)
         kind = self._kind(path, ch)
         if act.is_shared and ch is None:
-            return _Act.shared(base(path))
+            return _Act.shared(base(path), act.exact)
         if kind == "opaque":
-            return _Act.dense(m(act.full()))
+            return _Act.dense(m(act.full()), act.exact)
         if kind == "flatten":
             v = act.vals
             if v.dim() > 2:
                 hw = v[0, 0].numel()
                 idx = (act.idx.view(-1, 1) * hw + torch.arange(hw)).flatten()
-                return _Act(base(path), idx, v.flatten(1))
-            return _Act(base(path), act.idx, v)
+                return _Act(base(path), idx, v.flatten(1), act.exact)
+            return _Act(base(path), act.idx, v, act.exact)
         if kind == "channelwise":
-            return _Act(base(path), act.idx, m(act.vals))
+            return _Act(base(path), act.idx, m(act.vals), act.exact)
         rows = ch.rows if ch is not None else _EMPTY
         if kind == "bn":
             u = _union(act.idx, rows)
-            if u.numel() / m.num_features > self._be:
-                return _Act.dense(m(act.full()))
+            if u.numel() / m.num_features > run.be:
+                return _Act.dense(m(act.full()), act.exact)
             x = act.at(u)
             ud = u.to(x.device)
-            self._inexact = True
             y = F.batch_norm(x, m.running_mean[ud], m.running_var[ud],
                              None if m.weight is None else m.weight[ud], None if m.bias is None else m.bias[ud],
                              False, 0.0, m.eps)
-            return _diff(base(path), u, y)
+            return _diff(base(path), u, y, exact=False)
         # kind == "linear": Conv2d or Linear
         n_in = m.weight.shape[1]
         if act.is_shared:
-            if self._row_cost(m, rows) <= self._be:
-                return _diff(base(path), rows, self._rows_out(t, path, act.base, rows))
-            return _Act.dense(m(act.base))
-        if act.idx.numel() / n_in + self._row_cost(m, rows) > self._be:
-            return _Act.dense(m(act.full()))
+            if self._row_cost(m, rows) <= run.be:
+                return _diff(base(path), rows, self._rows_out(t, path, act.base, rows), exact=False)
+            return _Act.dense(m(act.base), act.exact)
+        if act.idx.numel() / n_in + self._row_cost(m, rows) > run.be:
+            return _Act.dense(m(act.full()), act.exact)
         out = base(path)
         if rows.numel():
             out = out.clone()
             out[:, rows.to(out.device)] = self._rows_out(t, path, act.base, rows)
-        self._inexact = True
         d = act.vals - act.base[:, act.idx.to(act.base.device)]
-        return _Act.dense(out + self._apply(m, d, self._in_weight(t, path, act.idx), None))
+        return _Act.dense(out + self._apply(m, d, self._in_weight(t, path, act.idx), None), exact=False)
 
     @staticmethod
     def _add(a: _Act, b: _Act, base_sum: Callable[[], Tensor]) -> _Act:
+        exact = a.exact and b.exact
         if a.is_dense or b.is_dense:
-            return _Act.dense(a.full() + b.full())
+            return _Act.dense(a.full() + b.full(), exact)
         if a.is_shared and b.is_shared:
-            return _Act.shared(base_sum())
+            return _Act.shared(base_sum(), exact)
         u = _union(a.idx, b.idx)
-        return _diff(base_sum(), u, a.at(u) + b.at(u))
+        return _diff(base_sum(), u, a.at(u) + b.at(u), exact)
 
-    def _residual(self, t: int, step: _Residual, act: _Act, base: Callable[[str], Tensor]) -> _Act:
+    def _residual(self, t: int, step: _Residual, act: _Act, run: _Run) -> _Act:
         if act.is_dense:
-            return _Act.dense(self._task_mods[t][step.path](act.vals))
+            return _Act.dense(self._task_mods[t][step.path](act.vals), act.exact)
         if act.is_shared and step.path not in self._changed_steps[t]:
-            return _Act.shared(base(step.path))
+            return _Act.shared(run.base(step.path), act.exact)
         a = act
         for p in step.main:
-            a = self._leaf(t, p, a, base)
+            a = self._leaf(t, p, a, run)
         s = act
         for p in step.shortcut:
-            s = self._leaf(t, p, s, base)
-        z = self._add(a, s, lambda: base(step.path + ":add"))
-        return self._leaf(t, step.post, z, base)
+            s = self._leaf(t, p, s, run)
+        z = self._add(a, s, lambda: run.base(step.path + ":add"))
+        return self._leaf(t, step.post, z, run)
 
-    def _raw_task(self, t: int, base: Callable[[str], Tensor]) -> tuple[Tensor, Tensor | None]:
-        """Task ``t``'s logits from base activations (no near-tie guard) and the last module's input."""
+    def _raw_task(self, t: int, run: _Run) -> tuple[Tensor, Tensor | None, bool]:
+        """Task ``t``'s logits from base activations (no near-tie guard), the last module's input, and
+        whether only bitwise-exact steps computed them (see :class:`_Act`)."""
         f = self._first[t]
         last = self._ir[-1]
         if f is None:
-            return base(last.path), None
-        act = _Act.shared(base(self._in_path(f)))
+            return run.base(last.path), None, True
+        act = _Act.shared(run.base(self._in_path(f)), exact=True)
         prev = act
         for step in self._ir[f:]:
             prev = act
-            act = self._leaf(t, step.path, act, base) if isinstance(step, _Leaf) else \
-                self._residual(t, step, act, base)
-        return act.full(), prev.full()
+            act = self._leaf(t, step.path, act, run) if isinstance(step, _Leaf) else \
+                self._residual(t, step, act, run)
+        return act.full(), prev.full(), act.exact
 
     def _dense_from(self, t: int, base: Callable[[str], Tensor]) -> Tensor:
         """Task ``t``'s dense network from its first changed module on, fed the shared base activation.
@@ -591,9 +610,9 @@ class DifferentialEngine:
         out = []
         with torch.no_grad():
             self.stats.batches += 1
+            run = _Run(be, get)
             for t in ts:
-                self._be = be
-                logits, last_input = self._raw_task(t, get)
+                logits, last_input, _ = self._raw_task(t, run)
                 out.append(self._guard(t, logits, last_input, plan.exact[t], get))
         return out
 

@@ -25,13 +25,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from abcrown_plugins import checkpoints
 from abcrown_plugins.config.kinds import Eps, KindError
 from abcrown_plugins.data import load_dataset
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.export.onnx_io import export_onnx, onnx_session, run_onnx
 from abcrown_plugins.export.vnnlib import write_robustness_vnnlib
-from abcrown_plugins.integration.models import checkpoint_model, resolve_checkpoint
+from abcrown_plugins.fileio import atomic_write_text
+from abcrown_plugins.models import load_model
 from abcrown_plugins.runtime import progress
 
 MAX_TOTAL_TIMEOUT_S = 6 * 3600
@@ -62,21 +62,19 @@ def export_benchmark(checkpoint: str | Path, out: str | Path, n: int, eps: float
                         "benchmark; lower --n or --timeout")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"output folder '{out}' exists and is not empty; pass --force to replace it")
-    checkpoint = resolve_checkpoint(checkpoint)
-    payload = checkpoints.load_model_checkpoint(checkpoint)
-    model, compacted = checkpoint_model(payload)
-    meta = payload["meta"]
-    shape = (meta["channels"], meta["input_size"], meta["input_size"])
-    net = f"{meta['arch']}_{meta['dataset']}" + ("_compact" if compacted else "")
+    loaded = load_model(checkpoint, compact=True)
+    model, meta, compacted = loaded.model, loaded.meta, loaded.compacted
+    shape = meta.input_shape
+    net = f"{meta.arch}_{meta.dataset}" + ("_compact" if compacted else "")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         max_diff = export_onnx(model, tmp / "onnx" / f"{net}.onnx", shape)
-        settings = {"onnx": f"onnx/{net}.onnx", "dataset": meta["dataset"], "data_root": data_root,
-                    "num_classes": meta["num_classes"], "input_shape": list(shape), "eps": eps, "n": n,
-                    "timeout": timeout, "checkpoint": str(Path(checkpoint).resolve()), "compacted": compacted,
+        settings = {"onnx": f"onnx/{net}.onnx", "dataset": meta.dataset, "data_root": data_root,
+                    "num_classes": meta.num_classes, "input_shape": list(shape), "eps": eps, "n": n,
+                    "timeout": timeout, "checkpoint": str(loaded.path.resolve()), "compacted": compacted,
                     "onnx_max_abs_diff": max_diff}
-        checkpoints.atomic_write_text(tmp / "benchmark.json", json.dumps(settings, indent=2) + "\n")
+        atomic_write_text(tmp / "benchmark.json", json.dumps(settings, indent=2) + "\n")
         shutil.copyfile(TEMPLATE, tmp / "generate_properties.py")
         os.chmod(tmp / "generate_properties.py", 0o755)
         drawn = generate_properties(tmp, seed)
@@ -126,7 +124,7 @@ def generate_properties(folder: str | Path, seed: int) -> list[int]:
     if len(used) < int(s["n"]):
         raise UserError(f"only {len(used)} of the {len(test)} test images are classified correctly; "
                         f"lower --n to at most {len(used)}")
-    checkpoints.atomic_write_text(folder / "instances.csv", "\n".join(rows) + "\n")
+    atomic_write_text(folder / "instances.csv", "\n".join(rows) + "\n")
     return used
 
 

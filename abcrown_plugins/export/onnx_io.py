@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -23,8 +25,6 @@ OPSET = 17
 
 
 def onnx_session(path: str | Path):
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
@@ -38,8 +38,6 @@ def run_onnx(session, x: np.ndarray) -> np.ndarray:
 
 def constants_to_initializers(graph) -> int:
     """Turn every ``Constant`` node holding a tensor into an initializer of the same name; returns how many."""
-    import onnx
-
     keep, moved = [], 0
     for node in graph.node:
         attrs = list(node.attribute)
@@ -62,8 +60,6 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
 
     Raises RuntimeError (and writes nothing) if the checker fails or the outputs differ by more than ``tol``.
     """
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()

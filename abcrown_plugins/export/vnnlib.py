@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from abcrown_plugins.checkpoints import atomic_write_text
+from abcrown_plugins.fileio import atomic_write_text
 
 
 def _num(v: float) -> str:

@@ -1,6 +1,12 @@
-"""The α,β-CROWN adapter: ``Customized(...)`` hooks, the external-tool locator, the VNN-COMP runner.
+"""Deprecated name of :mod:`abcrown_plugins.abcrown` (the α,β-CROWN adapter).
 
-Only this sub-package reads α,β-CROWN's global config (``arguments.Config``),
-and only inside the hooks α,β-CROWN calls; everything else takes the project's
-own types. Hooks are reached as ``Customized("abcrown_plugins.integration.hooks", ...)``.
+α,β-CROWN configs written for earlier versions name the hooks
+``Customized("abcrown_plugins.integration.hooks", ...)`` and
+``Customized("abcrown_plugins.integration.smoothing", ...)``; those two modules
+still resolve, with a ``DeprecationWarning``. Write ``abcrown_plugins.abcrown``.
 """
+
+import warnings
+
+warnings.warn("abcrown_plugins.integration is now abcrown_plugins.abcrown; update the Customized(...) module names "
+              "in your α,β-CROWN config", DeprecationWarning, stacklevel=2)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.pruning.mask import Mask
+from abcrown_plugins.pruning.strategies import remove_lowest
 from model_zoo.layers import BasicBlock, Normalize
 
 ChannelMask = dict[str, Tensor]
@@ -352,9 +353,9 @@ def prune_channels_by_score(model: nn.Module, cmask: Mapping[str, Tensor], score
         s[int(torch.argmax(torch.where(kp, s, torch.full_like(s, -float("inf")))))] = float("inf")  # never empty
         unit_scores.append(s)
     if strategy == "global":
-        new_keep = _remove_lowest_units(torch.cat(unit_scores), torch.cat(keep), rate)
+        new_keep = _remove_fraction(torch.cat(unit_scores), torch.cat(keep), rate)
     else:
-        new_keep = torch.cat([_remove_lowest_units(us, kp, rate) for us, kp in zip(unit_scores, keep)])
+        new_keep = torch.cat([_remove_fraction(us, kp, rate) for us, kp in zip(unit_scores, keep)])
     out: ChannelMask = {}
     offset = 0
     for g, kp in zip(groups, keep):
@@ -365,14 +366,9 @@ def prune_channels_by_score(model: nn.Module, cmask: Mapping[str, Tensor], score
     return {k: out[k] for k in convs}
 
 
-def _remove_lowest_units(unit_scores: Tensor, keep: Tensor, rate: float) -> Tensor:
+def _remove_fraction(unit_scores: Tensor, keep: Tensor, rate: float) -> Tensor:
     """``keep`` minus ``round(rate * kept)`` units of lowest score (infinite scores are never removed)."""
-    n_remove = min(int(round(rate * int(keep.sum()))), int(torch.isfinite(unit_scores).sum()))
-    new_keep = keep.clone()
-    if n_remove > 0:
-        order = torch.argsort(unit_scores, stable=True)
-        new_keep[order[:n_remove]] = False
-    return new_keep
+    return remove_lowest(unit_scores, keep, int(round(rate * int(keep.sum()))))
 
 
 def random_channel_mask(model: nn.Module, keep: float, generator: torch.Generator | None = None) -> ChannelMask:

@@ -17,8 +17,8 @@ from torch import nn
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """MACs of one forward pass of ``model`` on one ``C x H x W`` input.
+def layer_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, int]:
+    """MACs of each ``nn.Conv2d`` / ``nn.Linear`` (by module name) in one forward pass on one ``C x H x W`` input.
 
     Runs one eval-mode forward pass on zeros (on the model's device) with hooks;
     the model's train/eval flags and BatchNorm statistics are left unchanged.
@@ -26,23 +26,17 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """
     if len(input_shape) != 3 or any(int(s) <= 0 for s in input_shape):
         raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
-    total = 0
+    macs: dict[str, int] = {}
 
-    def conv_hook(m: nn.Conv2d, inputs, out) -> None:
-        nonlocal total
-        k = m.kernel_size[0] * m.kernel_size[1]
-        total += out[0].numel() * (m.in_channels // m.groups) * k
-
-    def linear_hook(m: nn.Linear, inputs, out) -> None:
-        nonlocal total
-        total += (out[0].numel() // m.out_features) * m.in_features * m.out_features
-
-    hooks = []
-    for m in model.modules():
+    def hook(m: nn.Module, inputs, out, name: str) -> None:
         if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
+            per_output = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            per_output = m.in_features
+        macs[name] = macs.get(name, 0) + out[0].numel() * per_output
+
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: hook(mod, i, o, name))
+             for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     modes = {m: m.training for m in model.modules()}
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
@@ -55,4 +49,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
             h.remove()
         for m, t in modes.items():
             m.training = t
-    return int(total)
+    return macs
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """MACs of one forward pass of ``model`` on one ``C x H x W`` input (the sum of :func:`layer_macs`)."""
+    return int(sum(layer_macs(model, input_shape).values()))

@@ -29,8 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from abcrown_plugins.errors import UserError
+from abcrown_plugins.pruning.channels import bn_of, prunable_channels
 from abcrown_plugins.pruning.context import PruneContext
+from abcrown_plugins.pruning.hydra import hydra_scores
 from abcrown_plugins.pruning.mask import Mask
+from abcrown_plugins.pruning.strategies import prune_unstructured
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,10 @@ def taylor_scores(model: nn.Module, mask: Mask, ctx: PruneContext) -> dict[str, 
 
 @register_criterion("hydra", "scores optimised on the training objective with a top-k mask (HYDRA)")
 def hydra_scores_criterion(model: nn.Module, mask: Mask, ctx: PruneContext) -> dict[str, Tensor]:
-    from abcrown_plugins.pruning.hydra import hydra_scores
-
     return hydra_scores(model, mask, ctx)
 
 
 def _conv_weight_keys(model: nn.Module) -> dict[str, str]:
-    from abcrown_plugins.pruning.channels import prunable_channels
-
     return {c: f"{c}.weight" for c in prunable_channels(model)}
 
 
@@ -122,8 +121,6 @@ def _conv_weight_keys(model: nn.Module) -> dict[str, str]:
                     "(StructLTH)", unit="channel")
 @torch.no_grad()
 def channel_magnitude_scores(model: nn.Module, mask: Mask, ctx: PruneContext) -> dict[str, Tensor]:
-    from abcrown_plugins.pruning.strategies import prune_unstructured
-
     keys = _conv_weight_keys(model)
     params = dict(model.named_parameters())
     conv_mask = Mask({w: mask[w] if w in list(mask) else torch.ones_like(params[w], dtype=torch.bool)
@@ -142,6 +139,4 @@ def channel_magnitude_scores(model: nn.Module, mask: Mask, ctx: PruneContext) ->
 @register_criterion("bn_gamma", "|gamma| of the BatchNorm after the conv (Network Slimming)", unit="channel")
 @torch.no_grad()
 def bn_gamma_scores(model: nn.Module, mask: Mask, ctx: PruneContext) -> dict[str, Tensor]:
-    from abcrown_plugins.pruning.channels import bn_of
-
     return {c: bn.weight.detach().abs().cpu().double() for c, bn in bn_of(model).items()}

@@ -3,7 +3,7 @@
 A :class:`PruningMethod` composes an importance criterion (:mod:`.importance`), a
 structure (single weights or whole channels) with its strategy (:mod:`.strategies`), and
 the regulariser it trains with (:mod:`abcrown_plugins.regularizers`). The schedule
-(iterations, rates, rewinding) is the runner's (:mod:`abcrown_plugins.pipeline`).
+(iterations, rates, rewinding) is the experiment's (:mod:`abcrown_plugins.experiments.pruning`).
 
 ``prune(method, model, mask, ctx) -> Mask`` is a pure function: it never changes
 ``model`` and returns a subset of ``mask``. Unstructured methods remove exactly
@@ -21,6 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from abcrown_plugins.errors import UserError
+from abcrown_plugins.pruning.channels import (
+    channel_to_weight_mask,
+    ones_channel_mask,
+    prunable_channels,
+    prune_channels_by_score,
+)
 from abcrown_plugins.pruning.context import PruneContext
 from abcrown_plugins.pruning.importance import get_criterion
 from abcrown_plugins.pruning.mask import Mask
@@ -78,8 +84,6 @@ def get_method(name: str) -> PruningMethod:
 
 def channel_mask_of(model: nn.Module, mask: Mask) -> dict[str, Tensor]:
     """The channel mask a channel method's weight mask realises: a filter is kept iff any entry is."""
-    from abcrown_plugins.pruning.channels import prunable_channels
-
     keys = set(mask)
     out = {}
     for c, conv in prunable_channels(model).items():
@@ -93,8 +97,6 @@ def initial_mask(method: str | PruningMethod, model: nn.Module, scope: str = "co
     """The all-kept mask of a method: prunable weights, or the channel entries of every prunable conv."""
     m = get_method(method) if isinstance(method, str) else method
     if m.structure == "channels":
-        from abcrown_plugins.pruning.channels import channel_to_weight_mask, ones_channel_mask
-
         if not ones_channel_mask(model):
             raise UserError(f"pruning method '{m.name}' prunes channels but the model has no prunable conv "
                             "(a conv followed directly by a BatchNorm)")
@@ -110,8 +112,6 @@ def prune(method: str | PruningMethod, model: nn.Module, mask: Mask, ctx: PruneC
     if m.structure == "weights":
         scores = criterion.fn(model, mask, ctx)
         return prune_unstructured(scores, mask, ctx.rate, ctx.strategy)
-    from abcrown_plugins.pruning.channels import channel_to_weight_mask, prune_channels_by_score
-
     cmask = channel_mask_of(model, mask)
     scores = criterion.fn(model, mask, ctx)
     new_cmask = prune_channels_by_score(model, cmask, scores, ctx.channel_rate, ctx.strategy)

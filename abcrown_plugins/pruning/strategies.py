@@ -23,14 +23,18 @@ STRATEGIES = {
 }
 
 
-def _remove_lowest(scores: Tensor, keep: Tensor, n_remove: int) -> Tensor:
-    """``keep`` (flat bool) minus the ``n_remove`` kept entries with the lowest score."""
-    if n_remove <= 0:
-        return keep.clone()
+def remove_lowest(scores: Tensor, keep: Tensor, n_remove: int) -> Tensor:
+    """``keep`` (flat bool) minus the ``n_remove`` kept entries with the lowest score.
+
+    The one ranking step of every pruning mechanism (weights, channel units).
+    Ties go by position (stable sort). Entries scored ``+inf`` are never removed,
+    so fewer than ``n_remove`` go when fewer kept entries are finite or ``-inf``.
+    """
     s = torch.where(keep, scores.double(), torch.full_like(scores, float("inf"), dtype=torch.float64))
-    order = torch.argsort(s, stable=True)
+    n_remove = min(n_remove, int((s < float("inf")).sum()))
     out = keep.clone()
-    out[order[:n_remove]] = False
+    if n_remove > 0:
+        out[torch.argsort(s, stable=True)[:n_remove]] = False
     return out
 
 
@@ -55,7 +59,7 @@ def prune_unstructured(scores: Mapping[str, Tensor], mask: Mask, rate: float, st
     if strategy == "global":
         s = torch.cat([flat_s[k] for k in names])
         keep = torch.cat([flat_m[k] for k in names])
-        new = _remove_lowest(s, keep, int(round(rate * int(keep.sum()))))
+        new = remove_lowest(s, keep, int(round(rate * int(keep.sum()))))
         offset = 0
         for k in names:
             n = flat_m[k].numel()
@@ -63,5 +67,5 @@ def prune_unstructured(scores: Mapping[str, Tensor], mask: Mask, rate: float, st
             offset += n
     else:
         for k in names:
-            out[k] = _remove_lowest(flat_s[k], flat_m[k], int(round(rate * int(flat_m[k].sum())))).view_as(mask[k])
+            out[k] = remove_lowest(flat_s[k], flat_m[k], int(round(rate * int(flat_m[k].sum())))).view_as(mask[k])
     return Mask(out)

@@ -1,23 +1,28 @@
-"""PNG plots with matplotlib's non-interactive backend."""
+"""PNG plots, drawn on matplotlib figures without pyplot (no global backend state is touched)."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from abcrown_plugins.checkpoints import atomic_write_bytes
+from matplotlib.figure import Figure
+
+from abcrown_plugins.fileio import atomic_write_bytes
+
+__all__ = ["new_figure", "plot_xy", "save_figure"]
+
+
+def new_figure(figsize: tuple[float, float] = (6, 4), dpi: int = 120) -> tuple[Figure, Any]:
+    """A figure with one axes: ``(fig, ax)``."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots()
 
 
 def plot_xy(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
             ylabel: str, title: str, invert_x: bool = False, percent_axes: bool = True) -> None:
     """Line plot of named (x, y) series with markers, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = new_figure()
     for label, (xs, ys) in series.items():
         scale = 100.0 if percent_axes else 1.0
         ax.plot([x * scale for x in xs], [y * scale for y in ys], marker="o", label=label)
@@ -31,12 +36,9 @@ def plot_xy(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[
     save_figure(fig, path)
 
 
-def save_figure(fig, path: str | Path) -> None:
-    """Lay out, render to PNG in memory, close, and write ``path`` atomically."""
-    import matplotlib.pyplot as plt
-
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Lay out, render to PNG in memory, and write ``path`` atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from abcrown_plugins.checkpoints import atomic_write_text
+from abcrown_plugins.fileio import atomic_write_text
 
 
 def _fmt(v: Any, digits: int) -> str:

@@ -10,6 +10,7 @@ from abcrown_plugins.smoothing.certify import (
     SmoothingResult,
     certify,
     check_settings,
+    decide,
     max_certifiable_radius,
     noise_batches,
     predict,
@@ -18,5 +19,5 @@ from abcrown_plugins.smoothing.certify import (
     warn_unreachable,
 )
 
-__all__ = ["ABSTAIN", "SmoothingResult", "certify", "check_settings", "max_certifiable_radius", "noise_batches",
-           "predict", "radius_from_counts", "sample_counts", "warn_unreachable"]
+__all__ = ["ABSTAIN", "SmoothingResult", "certify", "check_settings", "decide", "max_certifiable_radius",
+           "noise_batches", "predict", "radius_from_counts", "sample_counts", "warn_unreachable"]

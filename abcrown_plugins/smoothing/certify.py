@@ -14,7 +14,8 @@ sampling noise):
   pick ``cA``; ``n`` separate estimation samples give the one-sided
   Clopper-Pearson lower bound ``pA_lower`` of ``P(f(x + d) = cA)``;
   ``R = sigma * Phi^-1(pA_lower)``. It abstains (``-1``, radius 0) when
-  ``pA_lower <= 1/2``.
+  ``pA_lower <= 1/2``. :func:`decide` is that decision from the two samples'
+  counts; every certifier of this package (also the differential one) calls it.
 * :func:`predict`: if it returns ``c != -1``, then ``g(x) = c``. Two-sided
   binomial test of the top two counts at level ``alpha``, else abstain.
 
@@ -42,6 +43,7 @@ __all__ = [
     "SmoothingResult",
     "certify",
     "check_settings",
+    "decide",
     "max_certifiable_radius",
     "noise_batches",
     "predict",
@@ -173,18 +175,41 @@ def sample_counts(forward: Forward, x: Tensor, num: int, sigma: float, num_class
     return counts
 
 
-def certify(forward: Forward, x: Tensor, n0: int, n: int, alpha: float, sigma: float, num_classes: int,
-            batch_size: int, generator: torch.Generator) -> SmoothingResult:
-    """CERTIFY of Cohen et al.: select with ``n0`` samples, estimate with ``n`` fresh ones (module docstring)."""
-    check_settings(sigma, alpha, n, n0, batch_size)
-    t0 = time.perf_counter()
-    selection = sample_counts(forward, x, n0, sigma, num_classes, batch_size, generator)
+def decide(selection: Tensor, counts: Tensor, n0: int, n: int, alpha: float, sigma: float,
+           seconds: float) -> SmoothingResult:
+    """CERTIFY's decision from its two samples' per-class counts: the class, or abstain, and the radius.
+
+    ``selection``: counts of the ``n0`` selection samples; ``cA`` is their
+    argmax (the lowest index on ties). ``counts``: counts of the ``n``
+    estimation samples. ``pA_lower`` is the one-sided Clopper-Pearson lower
+    bound at level ``alpha`` from ``counts[cA]`` hits among ``n``
+    (:func:`radius_from_counts`). Returns ``cA`` with radius
+    ``sigma * Phi^-1(pA_lower)`` when ``pA_lower > 1/2``, else abstains
+    (:data:`ABSTAIN`, radius 0, same ``pA_lower``); ``time_s`` is ``seconds``.
+
+    Guarantee (module docstring): if the estimation samples are drawn
+    independently of the selection samples, a returned class ``cA`` with
+    radius ``R`` satisfies ``g(x + delta) = cA`` for every ``||delta||_2 < R``,
+    with probability at least ``1 - alpha``.
+    """
     c_a = int(selection.argmax())
-    counts = sample_counts(forward, x, n, sigma, num_classes, batch_size, generator)
     p_lower, radius = radius_from_counts(int(counts[c_a]), n, alpha, sigma)
     prediction = c_a if p_lower > 0.5 else ABSTAIN
     return SmoothingResult(prediction, radius if prediction != ABSTAIN else 0.0, p_lower,
-                           [int(c) for c in counts], n0, n, float(alpha), float(sigma), time.perf_counter() - t0)
+                           [int(c) for c in counts], n0, n, float(alpha), float(sigma), seconds)
+
+
+def certify(forward: Forward, x: Tensor, n0: int, n: int, alpha: float, sigma: float, num_classes: int,
+            batch_size: int, generator: torch.Generator) -> SmoothingResult:
+    """CERTIFY of Cohen et al.: select with ``n0`` samples, estimate with ``n`` fresh ones (module docstring).
+
+    The counts of the two samples go to :func:`decide`.
+    """
+    check_settings(sigma, alpha, n, n0, batch_size)
+    t0 = time.perf_counter()
+    selection = sample_counts(forward, x, n0, sigma, num_classes, batch_size, generator)
+    counts = sample_counts(forward, x, n, sigma, num_classes, batch_size, generator)
+    return decide(selection, counts, n0, n, alpha, sigma, time.perf_counter() - t0)
 
 
 def predict(forward: Forward, x: Tensor, n: int, alpha: float, sigma: float, num_classes: int, batch_size: int,

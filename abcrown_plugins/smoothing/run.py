@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from abcrown_plugins.checkpoints import atomic_write_text
+from abcrown_plugins.fileio import atomic_write_text
 from abcrown_plugins.errors import UserError
-from abcrown_plugins.report import markdown_table, save_figure, write_markdown
+from abcrown_plugins.report import markdown_table, new_figure, save_figure, write_markdown
 from abcrown_plugins.runtime import progress
 from abcrown_plugins.smoothing.certify import ABSTAIN, certify, check_settings
 
@@ -60,7 +60,8 @@ class SmoothingSettings:
     @classmethod
     def from_config(cls, cfg) -> "SmoothingSettings":
         s = cfg.smoothing
-        return cls(s.sigma, s.n0, s.n, s.alpha, s.batch_size, s.num_examples, s.skip, s.split, tuple(s.radii))
+        return cls(sigma=s.sigma, n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size,
+                   num_examples=s.num_examples, skip=s.skip, split=s.split, radii=tuple(s.radii))
 
     def guarantee(self) -> str:
         return (f"each prediction and radius holds with probability >= 1 - alpha = {1 - self.alpha:.6g} "
@@ -161,14 +162,9 @@ def write_report(rows: Sequence[dict[str, Any]], settings: SmoothingSettings, ou
 
 
 def _plot(path: Path, rows, radii, settings: SmoothingSettings, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     top = max([*radii, *(r["radius"] for r in rows), 1e-3]) * 1.05
     grid = [top * i / 200 for i in range(201)]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = new_figure()
     ax.plot(grid, [100 * a for a in certified_accuracy(rows, grid)], label="certified accuracy")
     ax.plot(radii, [100 * a for a in certified_accuracy(rows, radii)], "o", label="table radii")
     ax.set_xlabel("L2 radius ([0,1] pixels)")

@@ -1,20 +1,24 @@
-"""The training loop: standard, FGSM+GradAlign, IBP or CROWN-IBP training, masked, resumable per epoch.
+"""Certified and standard training: standard, FGSM+GradAlign, IBP or CROWN-IBP, masked, resumable per epoch.
 
-The objective comes from :func:`abcrown_plugins.training.objectives.make_objective`;
-regularisers (``term(model, x, eps, bounds)`` loss terms and ``after_backward(model)``
-penalties) are passed in and never own the loop. A term receives the bounds the
-objective already computed for the batch (IBP/CROWN-IBP training), else None.
+:func:`train` is a thin caller of the one training loop,
+:func:`abcrown_plugins.training.loop.run_epochs`: it supplies a :class:`TrainStep`
+(objective plus regulariser terms through :func:`backward_step`, the learning-rate and
+radius schedules) and two hooks, the regularisers' ``after_backward(model)`` penalties and
+the pruning mask re-applied after every optimiser step. The objective comes from
+:func:`abcrown_plugins.training.objectives.make_objective`; regularisers
+(``term(model, x, eps, bounds)`` loss terms and ``after_backward(model)`` penalties) are
+passed in and never own the loop. A term receives the bounds the objective already
+computed for the batch (IBP/CROWN-IBP training), else None.
 
 After every epoch the model, optimiser and history are written atomically to
-``state_path``; a run started again with the same ``run_key`` continues after
-the last completed epoch. Data order depends only on (seed, epoch) and every
-schedule only on (epoch, step), so the resumed run computes the same numbers
-as one that was never interrupted.
+``state_path``; a run started again with the same ``run_key`` continues after the last
+completed epoch. Data order depends only on (seed, epoch), torch is reseeded from
+(seed, epoch) at every epoch and every schedule depends only on (epoch, step), so the
+resumed run computes the same numbers as one that was never interrupted.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,10 +26,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from abcrown_plugins import checkpoints
+from abcrown_plugins.errors import UserError
 from abcrown_plugins.pruning import Mask
-from abcrown_plugins.runtime import progress
-from abcrown_plugins.training.objectives import make_objective
+from abcrown_plugins.training.loop import BatchStep, LoopHook, LoopSettings, run_epochs
+from abcrown_plugins.training.objectives import TRAINING_METHODS, make_objective
 from abcrown_plugins.training.schedule import EpsSchedule, lr_at
 
 
@@ -54,12 +58,22 @@ class TrainSettings:
     fgsm_init: str = "random"
     grad_align: float = 0.2   # GradAlign coefficient lambda
 
+    def __post_init__(self) -> None:
+        if self.method not in TRAINING_METHODS:
+            raise UserError(f"unknown training method '{self.method}' (valid: {', '.join(TRAINING_METHODS)})")
+        if self.optimizer not in ("adam", "sgd"):
+            raise UserError(f"unknown optimizer '{self.optimizer}' (valid: adam, sgd)")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise UserError(f"training needs epochs >= 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
+
     @classmethod
     def from_config(cls, cfg) -> "TrainSettings":
         t = cfg.training
-        return cls(t.method, t.epochs, t.optimizer, t.lr, t.momentum, t.weight_decay, tuple(t.lr_milestones),
-                   t.lr_decay, t.grad_clip, t.eps, t.eps_warmup_epochs, t.eps_ramp_epochs, t.eps_schedule,
-                   t.robust_weight, cfg.data.batch_size, cfg.general.seed, noise_sigma=t.noise_sigma,
+        return cls(method=t.method, epochs=t.epochs, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
+                   weight_decay=t.weight_decay, lr_milestones=tuple(t.lr_milestones), lr_decay=t.lr_decay,
+                   grad_clip=t.grad_clip, eps=t.eps, eps_warmup_epochs=t.eps_warmup_epochs,
+                   eps_ramp_epochs=t.eps_ramp_epochs, eps_schedule=t.eps_schedule, robust_weight=t.robust_weight,
+                   batch_size=cfg.data.batch_size, seed=cfg.general.seed, noise_sigma=t.noise_sigma,
                    fgsm_alpha=t.fgsm_alpha, fgsm_init=t.fgsm_init, grad_align=t.grad_align)
 
 
@@ -67,22 +81,6 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-
-
-def resume_state(state_path: Path | None, run_key: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device) -> tuple[list[dict[str, Any]], int, dict[str, Any] | None]:
-    """Load a run's per-epoch state into ``model`` and ``optimizer`` if ``state_path`` holds ``run_key``'s.
-
-    Returns ``(history, epochs done, the whole state or None)``; state of another run is ignored.
-    """
-    if state_path is None or not Path(state_path).is_file():
-        return [], 0, None
-    state = checkpoints.load(state_path, map_location=device)
-    if state.get("run_key") != run_key:
-        return [], 0, None
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return list(state["history"]), int(state["epoch"]), state
 
 
 def backward_step(model: nn.Module, objective, regularizers: Sequence, x: torch.Tensor, y: torch.Tensor,
@@ -113,64 +111,89 @@ def backward_step(model: nn.Module, objective, regularizers: Sequence, x: torch.
     return loss.detach(), out.logits
 
 
+class TrainStep(BatchStep):
+    """One batch of :func:`train`: the scheduled radius, ``zero_grad``, then :func:`backward_step`.
+
+    At every epoch it sets the learning rate of ``lr_at(epoch)``; its row entries are the
+    mean loss, the training accuracy (clean logits; adversarial ones for FGSM), the radius
+    of the epoch's last step and the learning rate.
+    """
+
+    columns = ("loss", "train_acc")
+
+    def __init__(self, s: TrainSettings, optimizer: torch.optim.Optimizer, num_classes: int,
+                 steps_per_epoch: int, regularizers: Sequence = ()):
+        self.s, self.optimizer, self.regularizers = s, optimizer, regularizers
+        self.objective = make_objective(s, num_classes)
+        self.scheduled = s.method != "standard"
+        self.schedule = EpsSchedule(s.eps, s.eps_warmup_epochs, s.eps_ramp_epochs, steps_per_epoch, s.eps_schedule)
+        self.lr, self.eps_t = s.lr, 0.0
+
+    def begin_epoch(self, model: nn.Module, epoch: int) -> None:
+        self.lr = lr_at(epoch, self.s.lr, self.s.lr_milestones, self.s.lr_decay)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.eps_t = 0.0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, zero_grad: Callable[[], None],
+                 epoch: int, step: int) -> dict[str, float]:
+        self.eps_t = self.schedule(epoch, step) if self.scheduled else 0.0
+        zero_grad()
+        loss, logits = backward_step(model, self.objective, self.regularizers, x, y, self.eps_t,
+                                     self.eps_t if self.scheduled else self.s.eps)
+        return {"loss": loss.item() * y.numel(), "train_acc": float((logits.argmax(1) == y).sum())}
+
+    def epoch_row(self, epoch: int) -> dict[str, Any]:
+        return {"eps": self.eps_t, "lr": self.lr}
+
+
+class RegularizerHook(LoopHook):
+    """The regularisers' ``after_backward(model)`` (e.g. Network Slimming's L1 on gamma), in order."""
+
+    def __init__(self, regularizers: Sequence):
+        self.regularizers = regularizers
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        for reg in self.regularizers:
+            reg.after_backward(model)
+
+
+class MaskHook(LoopHook):
+    """Keeps pruned weights at zero: the mask is applied on resume and after every optimiser step."""
+
+    def __init__(self, mask: Mask):
+        self.mask = mask
+
+    def resume(self, model: nn.Module, state: dict[str, Any] | None) -> None:
+        self.mask.apply_(model)
+
+    def after_step(self, model: nn.Module) -> None:
+        self.mask.apply_(model)
+
+
 def train(model: nn.Module, train_set, s: TrainSettings, device: torch.device, state_path: Path | None = None,
           run_key: str = "", mask: Mask | None = None, desc: str = "train", regularizers: Sequence = (),
           on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``s.epochs`` epochs; returns one history row per epoch.
 
-    ``regularizers``: objects with ``term(model, x, eps, bounds) -> Tensor`` (added to the
-    loss) and ``after_backward(model)`` (called between backward and the optimiser step).
+    Rows: ``epoch, loss, train_acc, eps, lr, time_s``. ``regularizers``: objects with
+    ``term(model, x, eps, bounds) -> Tensor`` (added to the loss) and
+    ``after_backward(model)`` (called between backward and the optimiser step).
     ``on_epoch_end(epoch, model)`` runs after each completed epoch (1-based), before the
     resumable state is written. Every epoch reseeds torch from ``(seed, epoch)``, so random
     starts (FGSM) are the same in a resumed run.
     """
     model.to(device)
     optimizer = make_optimizer(model, s)
-    history, start_epoch, _ = resume_state(state_path, run_key, model, optimizer, device)
-    if mask is not None:
-        mask.apply_(model)
-    num_classes = train_set.info.num_classes
-    objective = make_objective(s, num_classes)
-    scheduled = s.method != "standard"
     steps = train_set.num_batches(s.batch_size)
-    schedule = EpsSchedule(s.eps, s.eps_warmup_epochs, s.eps_ramp_epochs, steps, s.eps_schedule)
-    for epoch in range(start_epoch, s.epochs):
-        lr = lr_at(epoch, s.lr, s.lr_milestones, s.lr_decay)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        torch.manual_seed(s.seed * 100003 + epoch * 7919 + 1)
-        t0 = time.perf_counter()
-        tot_loss = tot_correct = tot_n = 0.0
-        eps_t = 0.0
-        batches = train_set.batches(s.batch_size, shuffle=True, seed=s.seed * 100003 + epoch, device=device)
-        bar = progress(batches, desc=f"{desc} epoch {epoch + 1}/{s.epochs}", total=steps)
-        # Gaussian augmentation: noise drawn from (seed, epoch) only, so a resumed run draws the same noise
-        noise_gen = torch.Generator(device=device).manual_seed(s.seed * 100003 + epoch) if s.noise_sigma > 0 else None
-        for step, (x, y) in enumerate(bar):
-            if noise_gen is not None:
-                x = x + s.noise_sigma * torch.randn(x.shape, generator=noise_gen, device=x.device)
-            eps_t = schedule(epoch, step) if scheduled else 0.0
-            optimizer.zero_grad(set_to_none=True)
-            loss, logits = backward_step(model, objective, regularizers, x, y, eps_t,
-                                         eps_t if scheduled else s.eps)
-            for reg in regularizers:
-                reg.after_backward(model)
-            if s.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            optimizer.step()
-            if mask is not None:
-                mask.apply_(model)
-            tot_loss += loss.item() * y.numel()
-            tot_correct += float((logits.argmax(1) == y).sum())
-            tot_n += y.numel()
-        history.append({"epoch": epoch + 1, "loss": tot_loss / tot_n, "train_acc": tot_correct / tot_n,
-                        "eps": eps_t, "lr": lr, "time_s": time.perf_counter() - t0})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, model)
-        if state_path is not None:
-            checkpoints.save(state_path, {"run_key": run_key, "epoch": epoch + 1, "model": model.state_dict(),
-                                          "optimizer": optimizer.state_dict(), "history": history})
+    step = TrainStep(s, optimizer, train_set.info.num_classes, steps, regularizers)
+    hooks: list[LoopHook] = [RegularizerHook(regularizers)]
+    if mask is not None:
+        hooks.append(MaskHook(mask))
+    history = run_epochs(model, optimizer, step,
+                         lambda seed: train_set.batches(s.batch_size, shuffle=True, seed=seed, device=device),
+                         LoopSettings(s.epochs, steps, s.seed, s.grad_clip, s.noise_sigma, reseed_torch=True),
+                         device, hooks, state_path, run_key, desc, on_epoch_end)
     for p in model.parameters():  # auto_LiRPA's parameter nodes toggle requires_grad
         p.requires_grad_(True)
     return history

@@ -8,7 +8,9 @@ network being fine-tuned (``lb', ub'``). ``N`` is the number of neurons per
 example; the mean is also taken over the batch. The total loss is
 ``loss_orig + weight * loss_stab`` (eq. 2 has weight 1).
 
-A loss term, not a loop: ``diffstab_loss(model, reference, x, eps) -> Tensor``.
+A loss term, not a loop: ``diffstab_loss(model, reference, x, eps) -> Tensor``, and
+:class:`DiffStabTerm`, the same as a term of the regularisers' protocol
+(``term(model, x, eps, bounds) -> weight * loss_stab``) holding the reference network.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 
 from abcrown_plugins.bounds import input_box, interval_propagate
 
-__all__ = ["diffstab_loss"]
+__all__ = ["DiffStabTerm", "diffstab_loss"]
 
 
 def diffstab_loss(model: nn.Module, reference: nn.Module, x: Tensor, eps: float) -> Tensor:
@@ -41,3 +43,29 @@ def diffstab_loss(model: nn.Module, reference: nn.Module, x: Tensor, eps: float)
         total = total + ((a.lower - b.lower) ** 2 + (a.upper - b.upper) ** 2).sum()
         neurons += a.lower[0].numel()
     return total / max(neurons * x.shape[0], 1)
+
+
+class DiffStabTerm:
+    """``weight * diffstab_loss(model, reference, x, eps)`` as a loss term.
+
+    The protocol of :class:`abcrown_plugins.regularizers.StabilityTerm`, so it never owns
+    a loop. ``term(model, x, eps, bounds)`` ignores ``bounds``: the distance needs the
+    bounds of both networks over the same box, so it propagates them itself. ``last``
+    holds the unweighted ``loss_stab`` of the latest call (detached, for logging);
+    ``reference`` is used as it is (the caller puts it on the device and in eval mode).
+    """
+
+    def __init__(self, reference: nn.Module, weight: float):
+        self.reference, self.weight = reference, float(weight)
+        self.last: Tensor | None = None
+
+    def term(self, model: nn.Module, x: Tensor, eps: float, bounds=None) -> Tensor:
+        stab = diffstab_loss(model, self.reference, x, eps)
+        self.last = stab.detach()
+        return self.weight * stab
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Nothing to do after backward (a loss term)."""
+
+    def __repr__(self) -> str:
+        return f"DiffStabTerm(weight={self.weight})"

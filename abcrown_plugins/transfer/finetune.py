@@ -1,24 +1,28 @@
-"""Training loops of the transfer scenario: multi-head pretraining and sparse-delta fine-tuning.
+"""Training runs of the transfer scenario: multi-head pretraining and sparse-delta fine-tuning.
 
 :func:`fit` trains a model on ``(images, targets)`` with any ``loss_fn``,
 Gaussian augmentation (``noise_sigma``, for randomized smoothing), gradient
-clipping and Adam; it is resumable per epoch (model, optimizer, mask and
+clipping and Adam, through the one training loop
+(:func:`abcrown_plugins.training.loop.run_epochs`): it supplies a :class:`FitStep`
+(``loss_fn`` plus the DiffStab term, the loss computed before the gradients are
+zeroed) and hooks. It is resumable per epoch (model, optimizer, mask and
 history written atomically to ``state_path``; data order and noise depend only
-on ``(seed, epoch)``).
+on ``(seed, epoch)``; torch's global generator is not reseeded).
 
-With a :class:`SparseDelta` it fine-tunes ``weights = pretrained + delta``:
-after every backward pass the gradient outside the mask is zeroed, and after
-every step the entries outside the mask are reset to the pretrained values,
-so they equal the pretrained weights *bit for bit* (the differential verifier
-relies on it). BatchNorm layers stay in eval mode (running statistics frozen
-at the pretrained ones) whenever ``freeze_bn`` is set, which every transfer run
-does. RigL (:mod:`.rigl`) updates the mask every ``rigl_interval`` steps and
-DiffStab (:mod:`.diffstab`) is added to the loss, each when enabled.
+With a :class:`SparseDelta` it fine-tunes ``weights = pretrained + delta``; the
+:class:`SparseDelta` is itself a loop hook: after every backward pass the gradient
+outside the mask is zeroed, and after every step the entries outside the mask are
+reset to the pretrained values, so they equal the pretrained weights *bit for bit*
+(the differential verifier relies on it). BatchNorm layers stay in eval mode
+(running statistics frozen at the pretrained ones) whenever ``freeze_bn`` is set,
+which every transfer run does. RigL (:class:`~abcrown_plugins.transfer.rigl.RigLHook`,
+a hook that runs before the gradient mask) updates the mask every ``rigl_interval``
+steps and DiffStab (:class:`~abcrown_plugins.transfer.diffstab.DiffStabTerm`, a loss
+term) is added to the loss, each when enabled.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from abcrown_plugins import checkpoints
-from abcrown_plugins.runtime import progress
-from abcrown_plugins.training.trainer import resume_state
-from abcrown_plugins.transfer.diffstab import diffstab_loss
+from abcrown_plugins.errors import UserError
+from abcrown_plugins.training.loop import BatchStep, LoopHook, LoopSettings, run_epochs
+from abcrown_plugins.transfer.diffstab import DiffStabTerm
 from abcrown_plugins.transfer.masks import UnitLayout
-from abcrown_plugins.transfer.rigl import drop_fraction_at, rigl_update
+from abcrown_plugins.transfer.rigl import RigLHook
 
-__all__ = ["FitSettings", "SparseDelta", "accuracy", "fit", "gradient_scores", "reinit_classifier"]
+__all__ = ["FitSettings", "FitStep", "SparseDelta", "accuracy", "fit", "gradient_scores", "reinit_classifier"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,20 @@ class FitSettings:
     noise_sigma: float = 0.0
     grad_clip: float = 8.0
 
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0 or self.noise_sigma < 0:
+            raise UserError(f"fine-tuning needs epochs >= 0, batch_size >= 1, lr >= 0 and noise_sigma >= 0 "
+                            f"(got {self.epochs}, {self.batch_size}, {self.lr:g}, {self.noise_sigma:g})")
+
 
 @dataclass
-class SparseDelta:
+class SparseDelta(LoopHook):
     """A sparse delta over pretrained weights: mask, the pretrained values, and RigL settings.
 
     ``base`` holds the pretrained value of every masked parameter (all but the
-    classifier); ``mask`` every parameter (classifier entries True).
+    classifier); ``mask`` every parameter (classifier entries True). As a loop hook it
+    masks the gradients after backward, projects after every step, saves ``mask`` and
+    ``rigl_updates`` with the loop's state and restores them (then projects) on resume.
     """
 
     layout: UnitLayout
@@ -80,6 +90,21 @@ class SparseDelta:
         for name, p in model.named_parameters():
             if name in self.base and p.grad is not None:
                 p.grad.mul_(self.mask[name].to(p.device, p.dtype))
+
+    def resume(self, model: nn.Module, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.mask = {k: v.cpu() for k, v in state["mask"].items()}
+            self.rigl_updates = int(state.get("rigl_updates", 0))
+        self.project_(model)
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        self.mask_grads_(model)
+
+    def after_step(self, model: nn.Module) -> None:
+        self.project_(model)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"mask": self.mask, "rigl_updates": self.rigl_updates}
 
 
 def reinit_classifier(model: nn.Module, seed: int) -> None:
@@ -136,15 +161,34 @@ def accuracy(model: nn.Module, dataset, device, batch_size: int = 256) -> float:
     return correct / max(len(dataset), 1)
 
 
-def _reset_optimizer_entries(optimizer: torch.optim.Optimizer, model: nn.Module, changed: dict[str, Tensor]):
-    params = dict(model.named_parameters())
-    for name, ch in changed.items():
-        state = optimizer.state.get(params[name])
-        if not state or not ch.any():
-            continue
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                state[key][ch.to(state[key].device)] = 0
+class FitStep(BatchStep):
+    """One batch of :func:`fit`: ``loss_fn(model(x), t)`` plus the DiffStab term, then ``zero_grad``, backward.
+
+    Row entries: the mean loss (DiffStab included) and the mean unweighted DiffStab
+    loss (0 without the term). With ``freeze_bn`` every BatchNorm is put back in eval
+    mode at the start of each epoch.
+    """
+
+    columns = ("loss", "diffstab")
+
+    def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor], diffstab: DiffStabTerm | None = None,
+                 diffstab_eps: float = 0.0, freeze_bn: bool = False):
+        self.loss_fn, self.diffstab, self.diffstab_eps, self.freeze_bn = loss_fn, diffstab, diffstab_eps, freeze_bn
+
+    def begin_epoch(self, model: nn.Module, epoch: int) -> None:
+        if self.freeze_bn:
+            _freeze_bn(model)
+
+    def __call__(self, model: nn.Module, x: Tensor, t: Tensor, zero_grad: Callable[[], None], epoch: int,
+                 step: int) -> dict[str, float]:
+        loss = self.loss_fn(model(x), t)
+        stab = 0.0
+        if self.diffstab is not None:
+            loss = loss + self.diffstab.term(model, x, self.diffstab_eps, None)
+            stab = self.diffstab.last.item() * x.shape[0]
+        zero_grad()
+        loss.backward()
+        return {"loss": loss.item() * x.shape[0], "diffstab": stab}
 
 
 def fit(model: nn.Module, images, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor], s: FitSettings,
@@ -153,82 +197,26 @@ def fit(model: nn.Module, images, targets: Tensor, loss_fn: Callable[[Tensor, Te
         diffstab_eps: float = 0.0, freeze_bn: bool = False) -> list[dict[str, Any]]:
     """Train ``model`` in place (module docstring); returns one history row per epoch.
 
-    ``images``: an ImageDataset (pixels); ``targets``: its targets (N or N x heads).
-    ``reference``: the pretrained network for DiffStab (``diffstab_weight > 0``).
-    With ``sparse``, ``sparse.mask`` is updated in place by RigL.
+    Rows: ``epoch, loss, diffstab, time_s``. ``images``: an ImageDataset (pixels);
+    ``targets``: its targets (N or N x heads). ``reference``: the pretrained network for
+    DiffStab (``diffstab_weight > 0``). With ``sparse``, ``sparse.mask`` is updated in
+    place by RigL.
     """
     model.to(device)
     if reference is not None:
         reference.to(device).eval()
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    history, start_epoch, state = resume_state(state_path, run_key, model, optimizer, device)
-    if state is not None and sparse is not None:
-        sparse.mask = {k: v.cpu() for k, v in state["mask"].items()}
-        sparse.rigl_updates = int(state.get("rigl_updates", 0))
-    if sparse is not None:
-        sparse.project_(model)
     steps_per_epoch = -(-len(images) // s.batch_size)
-    total_steps = steps_per_epoch * s.epochs
-    for epoch in range(start_epoch, s.epochs):
-        model.train()
-        if freeze_bn:
-            _freeze_bn(model)
-        t0 = time.perf_counter()
-        tot_loss = tot_stab = 0.0
-        n_seen = 0
-        noise_gen = torch.Generator(device=device).manual_seed(s.seed * 100003 + epoch)
-        bar = progress(_batches(images, targets, s.batch_size, s.seed * 100003 + epoch, device),
-                       desc=f"{desc} epoch {epoch + 1}/{s.epochs}", total=steps_per_epoch)
-        for step, (x, t) in enumerate(bar):
-            if s.noise_sigma > 0:
-                x = x + s.noise_sigma * torch.randn(x.shape, generator=noise_gen, device=x.device)
-            loss = loss_fn(model(x), t)
-            if reference is not None and diffstab_weight > 0:
-                stab = diffstab_loss(model, reference, x, diffstab_eps)
-                loss = loss + diffstab_weight * stab
-                tot_stab += stab.item() * x.shape[0]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            global_step = epoch * steps_per_epoch + step
-            if sparse is not None:
-                if sparse.rigl and global_step > 0 and global_step % sparse.rigl_interval == 0:
-                    frac = drop_fraction_at(global_step, total_steps, sparse.rigl_drop_fraction, sparse.rigl_end)
-                    if frac > 0:
-                        _rigl_step(model, optimizer, sparse, frac)
-                sparse.mask_grads_(model)
-            if s.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            optimizer.step()
-            if sparse is not None:
-                sparse.project_(model)
-            tot_loss += loss.item() * x.shape[0]
-            n_seen += x.shape[0]
-        row = {"epoch": epoch + 1, "loss": tot_loss / max(n_seen, 1), "diffstab": tot_stab / max(n_seen, 1),
-               "time_s": time.perf_counter() - t0}
-        history.append(row)
-        if state_path is not None:
-            payload = {"run_key": run_key, "epoch": epoch + 1, "model": model.state_dict(),
-                       "optimizer": optimizer.state_dict(), "history": history}
-            if sparse is not None:
-                payload["mask"] = sparse.mask
-                payload["rigl_updates"] = sparse.rigl_updates
-            checkpoints.save(state_path, payload)
-    return history
-
-
-@torch.no_grad()
-def _rigl_step(model: nn.Module, optimizer, sparse: SparseDelta, frac: float) -> None:
-    params = dict(model.named_parameters())
-    delta = {n: (params[n].detach() - sparse.base[n].to(params[n].device)).cpu() if n in sparse.base
-             else torch.zeros(params[n].shape) for n in sparse.layout.unit_of}
-    grads = {n: (params[n].grad.detach().cpu() if params[n].grad is not None else torch.zeros_like(delta[n]))
-             for n in sparse.layout.unit_of}
-    new = rigl_update(sparse.layout, sparse.mask, delta, grads, frac, sparse.classifier)
-    changed = {n: new[n] ^ sparse.mask[n] for n in sparse.base}
-    sparse.mask = new
-    sparse.rigl_updates += 1
-    _reset_optimizer_entries(optimizer, model, changed)
-    sparse.project_(model)  # dropped entries go back to the pretrained values (delta 0)
+    hooks: list[LoopHook] = []
+    if sparse is not None:
+        if sparse.rigl:
+            hooks.append(RigLHook(sparse, optimizer, steps_per_epoch * s.epochs))
+        hooks.append(sparse)
+    diffstab = DiffStabTerm(reference, diffstab_weight) if reference is not None and diffstab_weight > 0 else None
+    return run_epochs(model, optimizer, FitStep(loss_fn, diffstab, diffstab_eps, freeze_bn),
+                      lambda seed: _batches(images, targets, s.batch_size, seed, device),
+                      LoopSettings(s.epochs, steps_per_epoch, s.seed, s.grad_clip, s.noise_sigma),
+                      device, hooks, state_path, run_key, desc)
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:

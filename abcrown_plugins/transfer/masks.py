@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from abcrown_plugins.errors import UserError
+from abcrown_plugins.pruning.flops import layer_macs
 
 __all__ = ["PATTERNS", "UnitLayout", "build_mask", "classifier_names", "layer_order", "mask_count",
-           "select_units", "unit_layout"]
+           "prefix_mac_fraction", "select_units", "unit_layout"]
 
 PATTERNS = ("unstructured", "structured", "groupwise")
 
@@ -290,3 +291,20 @@ def build_mask(model: nn.Module, layout: UnitLayout, entry_scores: dict[str, Ten
             unit_scores = density + 1e-3 * unit_scores / top
     selected = select_units(unit_scores, layout.size, budget)
     return layout.mask_from_units(selected, params, classifier)
+
+
+def prefix_mac_fraction(model: nn.Module, masks: dict[str, Tensor], input_shape: tuple[int, ...]) -> float:
+    """Share of the multiply-accumulates of Conv2d/Linear layers that run before the first updated layer.
+
+    Layers are taken in :func:`layer_order`; a layer is updated when any entry of
+    its (or its BatchNorm's) parameters is True in ``masks``. Their outputs equal
+    the base network's bit for bit, so a differential verifier can reuse them.
+    MACs as :func:`abcrown_plugins.pruning.flops.layer_macs` counts them.
+    """
+    macs = layer_macs(model, tuple(input_shape))
+    prefix = 0
+    for name, m in layer_order(model):
+        if any(bool(masks[f"{name}.{p}"].any()) for p, _ in m.named_parameters(recurse=False)):
+            break
+        prefix += macs.get(name, 0)
+    return prefix / max(sum(macs.values()), 1)

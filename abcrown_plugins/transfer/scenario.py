@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from abcrown_plugins.checkpoints import ModelMeta
 from abcrown_plugins.data import DataInfo, ImageDataset, load_dataset
 from abcrown_plugins.data.synthetic import ATTRIBUTES
 from abcrown_plugins.errors import UserError
@@ -106,15 +107,15 @@ def head_accuracy(logits: Tensor, targets: Tensor, heads: Sequence[tuple[str, in
     return torch.stack(out)
 
 
-def dataset_for_checkpoint(meta: dict, split: str, root: str | None, num: int | None, seed: int) -> ImageDataset:
+def dataset_for_checkpoint(meta: ModelMeta, split: str, root: str | None, num: int | None,
+                           seed: int) -> ImageDataset:
     """The ``split`` a checkpoint's model classifies: its data set, or its downstream attribute task."""
-    task = meta.get("task")
-    if not task:
-        return load_dataset(meta["dataset"], split, root, num, seed=seed)
-    if task.get("scenario") != SCENARIO:
-        raise UserError(f"checkpoint task scenario {task.get('scenario')!r} is unknown (expected {SCENARIO!r})")
-    if "attribute" not in task:
+    task = meta.task
+    if task is None:
+        return load_dataset(meta.dataset, split, root, num, seed=seed)
+    if task.scenario != SCENARIO:
+        raise UserError(f"checkpoint task scenario {task.scenario!r} is unknown (expected {SCENARIO!r})")
+    if task.multi_head:
         raise UserError("this checkpoint is a multi-attribute base network (one head per attribute); "
                         "certify a downstream checkpoint of `abcrown-plugins transfer` instead")
-    base = load_dataset(task.get("base_dataset", meta["dataset"]), split, root, num, seed=seed)
-    return attribute_task(base, task["attribute"])
+    return attribute_task(load_dataset(task.base_dataset, split, root, num, seed=seed), task.attribute)

@@ -1,6 +1,8 @@
 """The main job end to end on tiny settings, through the real CLI entry point."""
 
+import contextlib
 import csv
+import io
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ import torch
 
 from abcrown_plugins import checkpoints
 from abcrown_plugins.cli import main
-from abcrown_plugins.models import model_from_checkpoint
+from abcrown_plugins.models import load_model
 
 TINY = """
 general: {name: tiny, progress: false}
@@ -52,12 +54,12 @@ def test_summary_files(tiny_run):
 
 def test_checkpoints_are_folded_and_verifiable(tiny_run):
     _, out = tiny_run
-    payload = checkpoints.load_model_checkpoint(out / "round_2" / "checkpoint.pt")
-    assert not any("weight_orig" in k or "weight_mask" in k for k in payload["state_dict"])
-    model = model_from_checkpoint(payload)  # strict load
-    for k, m in payload["masks"].items():
-        assert (payload["state_dict"][k][~m] == 0).all()
-    assert payload["meta"]["metrics"]["round"] == 2
+    payload = checkpoints.read_model_checkpoint(out / "round_2" / "checkpoint.pt")
+    assert not any("weight_orig" in k or "weight_mask" in k for k in payload.state_dict)
+    model = load_model(payload).model  # strict load
+    for k, m in payload.masks.items():
+        assert (payload.state_dict[k][~m] == 0).all()
+    assert payload.meta.metrics["round"] == 2
     assert isinstance(model(torch.rand(1, 3, 32, 32)), torch.Tensor)
 
 
@@ -90,9 +92,18 @@ def test_verify_command(tiny_run, capsys):
     assert res["verified_acc"] == pytest.approx(res["std_acc"])
 
 
-def cli(*args, cwd=None):
+def cli(*args):
+    """``main(args)`` in this process, its output captured (what a shell would see, without importing torch anew)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["abcrown-plugins", *args], code, out.getvalue(), err.getvalue())
+
+
+def console(*args):
+    """The installed entry point in a fresh interpreter (``python -m abcrown_plugins``)."""
     return subprocess.run([sys.executable, "-m", "abcrown_plugins", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+                          timeout=120)
 
 
 @pytest.mark.parametrize("yaml_text,args,expected", [
@@ -114,7 +125,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, yaml_text, args, expected):
 
 
 def test_missing_config_file():
-    r = cli("run", "no/such/file.yaml")
+    r = console("run", "no/such/file.yaml")  # the console entry point itself, in a fresh process
     assert r.returncode == 2 and "not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 

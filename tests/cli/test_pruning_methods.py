@@ -10,7 +10,7 @@ import torch
 from abcrown_plugins import checkpoints
 from abcrown_plugins.cli import main
 from abcrown_plugins.config import load_config
-from abcrown_plugins.models import model_from_checkpoint
+from abcrown_plugins.models import load_model
 from abcrown_plugins.pruning import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,12 +59,12 @@ def test_every_method_end_to_end(method, tmp_path):
     assert rows[0]["lottery_ticket"] == "False"
     best = json.loads((out / "best.json").read_text())
     assert best["metrics"]["verified_acc"] == max(float(r["verified_acc"]) for r in rows)
-    payload = checkpoints.load_model_checkpoint(out / "round_2" / "checkpoint.pt")
-    model_from_checkpoint(payload)  # folded weights load strictly
-    prev = checkpoints.load_model_checkpoint(out / "round_1" / "checkpoint.pt")["masks"]
-    for k, m in payload["masks"].items():
+    payload = checkpoints.read_model_checkpoint(out / "round_2" / "checkpoint.pt")
+    load_model(payload)  # folded weights load strictly
+    prev = checkpoints.read_model_checkpoint(out / "round_1" / "checkpoint.pt").masks
+    for k, m in payload.masks.items():
         assert not bool((m & ~prev[k]).any())  # masks only shrink
-        assert (payload["state_dict"][k][~m] == 0).all()
+        assert (payload.state_dict[k][~m] == 0).all()
 
 
 def test_resume_after_kill_gives_same_numbers_and_early_rewind(tmp_path):
@@ -83,11 +83,11 @@ def test_resume_after_kill_gives_same_numbers_and_early_rewind(tmp_path):
 
 def test_finetune_mode_runs_fewer_epochs(tmp_path):
     _, out = run(tmp_path, "imp", "standard", ["--pruning.rewind", "none", "--pruning.finetune_epochs", "0"])
-    p0 = checkpoints.load_model_checkpoint(out / "round_0" / "checkpoint.pt")
-    p1 = checkpoints.load_model_checkpoint(out / "round_1" / "checkpoint.pt")
-    assert p1["meta"]["history"] == []  # zero finetune epochs: the pruned dense weights themselves
-    for k, m in p1["masks"].items():
-        assert torch.equal(p1["state_dict"][k], p0["state_dict"][k] * m)
+    p0 = checkpoints.read_model_checkpoint(out / "round_0" / "checkpoint.pt")
+    p1 = checkpoints.read_model_checkpoint(out / "round_1" / "checkpoint.pt")
+    assert p1.meta.extra["history"] == []  # zero finetune epochs: the pruned dense weights themselves
+    for k, m in p1.masks.items():
+        assert torch.equal(p1.state_dict[k], p0.state_dict[k] * m)
 
 
 def test_methods_command_lists_every_method(capsys):
@@ -136,15 +136,15 @@ def test_channel_pruned_checkpoint_exports_compacted(tmp_path):
     import numpy as np
 
     from abcrown_plugins.export import onnx_session, run_onnx
-    from abcrown_plugins.integration.models import checkpoint_model
 
     _, out = run(tmp_path, "slim", "standard")
     ckpt = out / "round_2" / "checkpoint.pt"
-    payload = checkpoints.load_model_checkpoint(ckpt)
-    kept = sum(int(v.sum()) for v in payload["channel_masks"].values())
+    payload = checkpoints.read_model_checkpoint(ckpt)
+    kept = sum(int(v.sum()) for v in payload.channel_masks.values())
     assert kept == 30  # 48 channels, two rounds at channel_rate 0.2
-    masked = model_from_checkpoint(payload)
-    small, compacted = checkpoint_model(payload)
+    masked = load_model(payload).model
+    loaded = load_model(payload, compact=True)
+    small, compacted = loaded.model, loaded.compacted
     assert compacted and sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in masked.parameters())
     bench = tmp_path / "bench"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(bench), "--n", "1", "--eps", "2/255"]) == 0

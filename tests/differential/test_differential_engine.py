@@ -168,3 +168,18 @@ def test_batchnorm_only_change():
     assert eng.plans((3, 32, 32), "live")[0].exact  # alone and live: dense from the change on
     assert (_trace_forward(eng, x)[0] - tuned(x)).abs().max().item() <= 1e-4
     assert torch.equal(eng.forward(x)[0], tuned(x))
+
+
+def test_calls_leave_no_state_behind():
+    """Per-call facts (break-even, exactness) are passed along, not kept: a call's result does not
+    depend on the calls before it, and calls add no attributes to the engine."""
+    base = _base("cnn_small")
+    tasks = _tasks(base, "structured", 0.08, "late")
+    x = torch.rand(8, 3, 32, 32)
+    eng = DifferentialEngine(base, tasks, tie_tol=-1.0)
+    attrs = set(vars(eng))
+    first = _trace_forward(eng, x, [0])[0]
+    assert not eng.plans((3, 32, 32), "trace")[0].exact  # the trace path takes channel-sparse steps
+    eng.forward(x, [1])  # live, one task: another break-even and exactness in between
+    assert torch.equal(_trace_forward(eng, x, [0])[0], first)
+    assert set(vars(eng)) == attrs

@@ -13,7 +13,7 @@ from abcrown_plugins import checkpoints
 from abcrown_plugins.cli import main
 from abcrown_plugins.data import load_dataset
 from abcrown_plugins.export import onnx_session, read_robustness_vnnlib, run_onnx
-from abcrown_plugins.models import model_from_checkpoint
+from abcrown_plugins.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_onnx_is_valid_and_equals_torch(bench, small_checkpoint):
     inits = {i.name for i in m.graph.initializer}
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     assert convs and all(n.input[1] in inits for n in convs)
-    model = model_from_checkpoint(checkpoints.load_model_checkpoint(small_checkpoint))
+    model = load_model(small_checkpoint).model
     session = onnx_session(path)
     x = torch.rand(16, 1, 3, 32, 32)
     for xi in x:

@@ -12,6 +12,7 @@ from abcrown_plugins.errors import UserError
 from abcrown_plugins.smoothing import (
     ABSTAIN,
     certify,
+    decide,
     max_certifiable_radius,
     noise_batches,
     predict,
@@ -54,6 +55,38 @@ def test_radius_equals_closed_form_from_the_same_counts():
         assert res.radius == pytest.approx(0.3 * norm.ppf(p_lower), rel=1e-12)
     else:
         assert res.prediction == ABSTAIN and res.radius == 0.0
+
+
+def test_decide_abstains_exactly_when_pA_lower_is_at_most_one_half():
+    n, alpha, sigma = 60, 0.01, 0.5
+    selection = torch.tensor([1, 7, 2])  # cA = 1, whatever the estimation counts favour
+    decisions = set()
+    for hits in range(n + 1):
+        counts = torch.tensor([n - hits, hits, 0])
+        res = decide(selection, counts, 10, n, alpha, sigma, 1.5)
+        p_lower = radius_from_counts(hits, n, alpha, sigma)[0]
+        assert res.pA_lower == p_lower and res.counts == counts.tolist() and res.time_s == 1.5
+        assert (res.n0, res.n, res.alpha, res.sigma) == (10, n, alpha, sigma)
+        if p_lower <= 0.5:
+            assert res.prediction == ABSTAIN and res.radius == 0.0
+        else:
+            assert res.prediction == 1 and res.radius == pytest.approx(sigma * norm.ppf(p_lower), rel=1e-12)
+        decisions.add(res.prediction)
+    assert decisions == {ABSTAIN, 1}  # both sides of the threshold were reached
+
+
+def test_certify_is_decide_on_its_sample_counts():
+    x = torch.rand(1, 4, 4, generator=_gen(11))
+    forward = _linear_forward(torch.randn(16, 3, generator=_gen(12)))
+    predictions = []
+    for sigma in (0.05, 2.0):  # a certified and an abstaining input
+        res = certify(forward, x, 20, 300, 0.01, sigma, 3, 64, _gen(13))
+        g = _gen(13)
+        selection = sample_counts(forward, x, 20, sigma, 3, 64, g)
+        counts = sample_counts(forward, x, 300, sigma, 3, 64, g)
+        assert res == decide(selection, counts, 20, 300, 0.01, sigma, res.time_s)
+        predictions.append(res.prediction)
+    assert predictions[0] != ABSTAIN and predictions[1] == ABSTAIN
 
 
 def test_radius_from_counts_closed_forms():

@@ -19,6 +19,7 @@ from abcrown_plugins.transfer import (
     select_units,
     unit_layout,
 )
+from abcrown_plugins.transfer.diffstab import DiffStabTerm
 from abcrown_plugins.transfer.finetune import FitSettings, SparseDelta, fit
 from tests.conftest import randomize_batchnorm
 
@@ -182,3 +183,65 @@ def test_sparse_finetune_changes_only_masked_entries_bit_for_bit(tiny_synthetic)
         changed += int((params[n].detach() != b).sum())
     assert 0 < changed <= count0
     assert all(torch.equal(model.state_dict()[k], v) for k, v in buffers.items())  # BN statistics frozen
+
+
+def test_diffstab_term_is_the_weighted_loss_and_keeps_the_unweighted_value():
+    torch.manual_seed(0)
+    a = _model("cnn_small", classes=3).eval()
+    b = _model("cnn_small", classes=3).eval()
+    x = torch.rand(4, 3, 32, 32)
+    term = DiffStabTerm(a, 0.5)
+    value = term.term(b, x, 2 / 255, None)
+    want = diffstab_loss(b, a, x, 2 / 255)
+    assert torch.equal(value, 0.5 * want) and value.requires_grad
+    assert torch.equal(term.last, want.detach()) and not term.last.requires_grad
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_sparse_finetune_killed_mid_epoch_resumes_bit_for_bit(tiny_synthetic, tmp_path):
+    """RigL, DiffStab and noise on: a run killed in epoch 2 and started again ends where an uninterrupted one does."""
+    train, _ = tiny_synthetic
+
+    def setup():
+        torch.manual_seed(4)
+        model = _model("cnn_small", classes=10)
+        randomize_batchnorm(model, torch.Generator().manual_seed(1))
+        reference = _model("cnn_small", classes=10)
+        reference.load_state_dict(model.state_dict())
+        classifier = classifier_names(model)
+        layout = unit_layout(model, "structured")
+        base = {n: p.detach().clone() for n, p in model.named_parameters() if n not in classifier}
+        sparse = SparseDelta(layout, build_mask(model, layout, _scores(model, 4), 0.08), base, classifier,
+                             rigl=True, rigl_interval=3, rigl_drop_fraction=0.5, rigl_end=1.0)
+        return model, reference, sparse
+
+    def run(loss_fn, state=None):
+        model, reference, sparse = setup()
+        history = fit(model, train, train.labels, loss_fn, FitSettings(2, 1e-2, 64, 0, noise_sigma=0.1), "cpu",
+                      state, run_key="k", sparse=sparse, reference=reference, diffstab_weight=1.0,
+                      diffstab_eps=2 / 255, freeze_bn=True)
+        return model, sparse, history
+
+    straight, s_sparse, s_hist = run(F.cross_entropy)
+    calls = []
+
+    def dies_in_epoch_two(logits, t):
+        calls.append(1)
+        if len(calls) == 6:  # 4 batches per epoch
+            raise _Killed
+        return F.cross_entropy(logits, t)
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(_Killed):
+        run(dies_in_epoch_two, state)
+    resumed, r_sparse, r_hist = run(F.cross_entropy, state)
+    assert s_sparse.rigl_updates >= 2 and r_sparse.rigl_updates == s_sparse.rigl_updates
+    assert all(torch.equal(s_sparse.mask[n], r_sparse.mask[n]) for n in s_sparse.mask)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [list(r) for r in r_hist] == [["epoch", "loss", "diffstab", "time_s"]] * 2
+    assert [r["loss"] for r in r_hist] == [r["loss"] for r in s_hist]
+    assert [r["diffstab"] for r in r_hist] == [r["diffstab"] for r in s_hist] and r_hist[-1]["diffstab"] > 0

@@ -12,7 +12,8 @@ from abcrown_plugins.cli import main
 from abcrown_plugins.config import load_config
 from abcrown_plugins.data.synthetic import ATTRIBUTES
 from abcrown_plugins.errors import UserError
-from abcrown_plugins.transfer import attribute_task, load_pair, pretrain_set, run_transfer
+from abcrown_plugins.experiments import load_pair, run_transfer
+from abcrown_plugins.transfer import attribute_task, pretrain_set
 from abcrown_plugins.transfer.scenario import check_attributes, multi_head_loss
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,13 +60,13 @@ def test_transfer_run_writes_pairs_and_resumes(tmp_path, capsys):
     assert "1 - alpha" in (out / "summary.md").read_text()
     ckpt = out / "position" / "groupwise-k0.04" / "checkpoint.pt"
     base, fine, masks, meta = load_pair(ckpt)
-    t = meta["transfer"]
-    assert Path(t["base_checkpoint"]) == (out / "pretrain" / "checkpoint.pt").resolve()
-    assert t["pattern"] == "groupwise" and t["k"] == 0.04 and t["updated"] == sum(
-        int(v.sum()) for k, v in masks.items() if k not in t["classifier"])
+    t = meta.transfer
+    assert Path(t.base_checkpoint) == (out / "pretrain" / "checkpoint.pt").resolve()
+    assert t.pattern == "groupwise" and t.k == 0.04 and t.updated == sum(
+        int(v.sum()) for k, v in masks.items() if k not in t.classifier)
     bs, fs = base.state_dict(), fine.state_dict()
     for name, m in masks.items():
-        if name in t["classifier"]:
+        if name in t.classifier:
             assert m.all()
             continue
         assert torch.equal(fs[name][~m], bs[name][~m])  # bit for bit outside the mask

@@ -19,11 +19,10 @@ from abcrown_plugins.attacks.pgd import pgd_attack
 from abcrown_plugins.bounds import margin_lower_bounds
 from abcrown_plugins.data import load_dataset
 from abcrown_plugins.export import export_benchmark
-from abcrown_plugins.integration.abcrown_env import INSTALL_HINT, find_abcrown
-from abcrown_plugins.integration.models import resolve_checkpoint
-from abcrown_plugins.integration.results import read_results_pickle, results_rows
-from abcrown_plugins.integration.vnncomp import run_benchmark
-from abcrown_plugins.models import model_from_checkpoint
+from abcrown_plugins.abcrown.abcrown_env import INSTALL_HINT, find_abcrown
+from abcrown_plugins.abcrown.results import read_results_pickle, results_rows
+from abcrown_plugins.abcrown.vnncomp import run_benchmark
+from abcrown_plugins.models import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = find_abcrown()
@@ -32,7 +31,7 @@ INSTALL = find_abcrown()
 def _plugin_importable() -> bool:
     if INSTALL is None:
         return False
-    r = subprocess.run([str(INSTALL.python), "-c", "import abcrown_plugins.integration.hooks"], capture_output=True,
+    r = subprocess.run([str(INSTALL.python), "-c", "import abcrown_plugins.abcrown.hooks"], capture_output=True,
                        timeout=300)
     return r.returncode == 0
 
@@ -72,8 +71,7 @@ def test_pruned_yaml_verifies_and_agrees_with_ibp_and_pgd(plugin_in_abcrown_env,
     assert len(rows) == 5
     assert sum(row["result"] == "unsat" for row in rows) >= 1
 
-    payload = checkpoints.load_model_checkpoint(resolve_checkpoint("zoo:cnn_7layer_synthetic_pruned.pt"))
-    model = model_from_checkpoint(payload)
+    model = load_model("zoo:cnn_7layer_synthetic_pruned.pt").model
     test = load_dataset("synthetic", "test", num=100)
     x, y = test.images[:5].float() / 255, test.labels[:5]
     eps = 2 / 255
@@ -89,7 +87,7 @@ def test_pruned_yaml_verifies_and_agrees_with_ibp_and_pgd(plugin_in_abcrown_env,
 
 
 def test_exported_benchmark_runs_instance_by_instance(plugin_in_abcrown_env, tmp_path):
-    ckpt = resolve_checkpoint("zoo:cnn_7layer_synthetic_pruned.pt")
+    ckpt = checkpoints.resolve("zoo:cnn_7layer_synthetic_pruned.pt")
     bench = tmp_path / "bench"
     export_benchmark(ckpt, bench, n=3, eps=2 / 255, seed=0, timeout=60)
     results = run_benchmark(bench, tmp_path / "out")
@@ -103,7 +101,7 @@ def test_exported_benchmark_runs_instance_by_instance(plugin_in_abcrown_env, tmp
 
 
 def test_broken_instance_is_an_error_row_and_the_batch_goes_on(plugin_in_abcrown_env, tmp_path):
-    ckpt = resolve_checkpoint("zoo:cnn_7layer_synthetic_pruned.pt")
+    ckpt = checkpoints.resolve("zoo:cnn_7layer_synthetic_pruned.pt")
     bench = tmp_path / "bench"
     export_benchmark(ckpt, bench, n=2, eps=2 / 255, seed=1, timeout=60)
     first_vnnlib = bench / (bench / "instances.csv").read_text().splitlines()[0].split(",")[1]
@@ -119,10 +117,10 @@ def test_sibling_config_cnn_small(plugin_in_abcrown_env, tmp_path):
 
 
 def test_channel_pruned_resnet_is_verified_compacted(plugin_in_abcrown_env, tmp_path):
-    from abcrown_plugins.integration.hooks import zoo_model
+    from abcrown_plugins.abcrown.hooks import zoo_model
 
-    payload = checkpoints.load_model_checkpoint(resolve_checkpoint("zoo:resnet_small_synthetic_slim.pt"))
-    masked, small = model_from_checkpoint(payload), zoo_model(checkpoint="zoo:resnet_small_synthetic_slim.pt")
+    masked = load_model("zoo:resnet_small_synthetic_slim.pt").model
+    small = zoo_model(checkpoint="zoo:resnet_small_synthetic_slim.pt")
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in masked.parameters())
     x = torch.rand(8, 3, 32, 32)
     assert torch.allclose(small(x), masked(x), atol=1e-5)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from abcrown_plugins.abcrown.results import read_results_pickle, results_rows
+from abcrown_plugins.abcrown.vnncomp import RESULTS, run_benchmark, run_single
 from abcrown_plugins.cli.common import Parser
+from abcrown_plugins.export import export_benchmark, parse_eps
+from abcrown_plugins.report import markdown_table, write_csv
 
 
 def _cmd_export(args) -> int:
-    from abcrown_plugins.export import export_benchmark, parse_eps
-
     summary = export_benchmark(args.checkpoint, args.out, args.n, parse_eps(args.eps), args.seed, args.timeout,
                                data_root=args.data_root, force=args.force)
     print(f"wrote {summary['instances']} instances to {summary['out']} (onnx {summary['onnx']}, "
@@ -21,8 +23,6 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_vnncomp_run(args) -> int:
-    from abcrown_plugins.integration.vnncomp import RESULTS, run_benchmark
-
     out = Path(args.out) if args.out else Path(args.folder) / "abcrown_results"
     results = run_benchmark(args.folder, out, args.abcrown_config, args.timeout_scale, args.limit)
     counts = {k: sum(r.result == k for r in results) for k in RESULTS}
@@ -32,29 +32,12 @@ def _cmd_vnncomp_run(args) -> int:
 
 
 def _cmd_vnncomp_instance(args) -> int:
-    from abcrown_plugins.integration.abcrown_env import require_abcrown
-    from abcrown_plugins.integration.vnncomp import INSTANCE_CONFIG, run_instance
-
-    import yaml
-
-    from abcrown_plugins.checkpoints import atomic_write_text
-
-    results = Path(args.results_file).resolve()
-    config = Path(args.abcrown_config).resolve() if args.abcrown_config else results.with_suffix(".abcrown.yaml")
-    if not args.abcrown_config:
-        atomic_write_text(config, yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
-    result, wall, note = run_instance(require_abcrown(), Path(args.onnx).resolve(), Path(args.vnnlib).resolve(),
-                                      results, float(args.timeout), config, results.with_suffix(".log"))
-    if result == "error" and not results.is_file():
-        atomic_write_text(results, "error\n")
+    result, wall, note = run_single(args.onnx, args.vnnlib, args.results_file, args.timeout, args.abcrown_config)
     print(f"{result} in {wall:.1f} s" + (f" ({note})" if note else ""))
     return 0
 
 
 def _cmd_vnncomp_results(args) -> int:
-    from abcrown_plugins.integration.results import read_results_pickle, results_rows
-    from abcrown_plugins.report import markdown_table, write_csv
-
     rows = results_rows(read_results_pickle(args.pickle))
     out = Path(args.out) if args.out else Path(args.pickle).with_suffix(".csv")
     write_csv(out, rows, ["index", "abcrown_result", "result", "time_s"])

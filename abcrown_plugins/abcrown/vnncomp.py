@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from abcrown_plugins.checkpoints import atomic_write_text
+from abcrown_plugins.fileio import atomic_write_text
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.export.onnx_io import onnx_session, run_onnx
 from abcrown_plugins.export.vnnlib import read_robustness_vnnlib
-from abcrown_plugins.integration.abcrown_env import AbcrownInstall, require_abcrown
+from abcrown_plugins.abcrown.abcrown_env import AbcrownInstall, require_abcrown
 from abcrown_plugins.report import markdown_table, write_csv, write_markdown
 from abcrown_plugins.runtime import progress
 
@@ -149,6 +149,25 @@ def run_instance(inst: AbcrownInstall, onnx: Path, vnnlib: Path, results_file: P
     if first not in RESULTS or first == "error":
         return "error", wall, f"exit code {code}, no result in {results_file.name}"
     return first, wall, "" if code == 0 else f"exit code {code}"
+
+
+def run_single(onnx: str | Path, vnnlib: str | Path, results_file: str | Path, timeout: float,
+               abcrown_config: str | Path | None = None) -> tuple[str, float, str]:
+    """One instance, VNN-COMP ``run_instance.sh`` style: ``(result, wall seconds, note)``.
+
+    Without ``abcrown_config`` the CPU-sized :data:`INSTANCE_CONFIG` is written
+    beside ``results_file``; an instance that ends without a result still leaves
+    ``error`` in ``results_file`` (the scorer reads its first line).
+    """
+    results = Path(results_file).resolve()
+    config = Path(abcrown_config).resolve() if abcrown_config else results.with_suffix(".abcrown.yaml")
+    if not abcrown_config:
+        atomic_write_text(config, yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
+    result, wall, note = run_instance(require_abcrown(), Path(onnx).resolve(), Path(vnnlib).resolve(), results,
+                                      float(timeout), config, results.with_suffix(".log"))
+    if result == "error" and not results.is_file():
+        atomic_write_text(results, "error\n")
+    return result, wall, note
 
 
 def run_benchmark(folder: str | Path, out: str | Path, abcrown_config: str | Path | None = None,

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from abcrown_plugins import checkpoints
+from abcrown_plugins import checkpoints, fileio
 from abcrown_plugins.errors import UserError
 
 
@@ -13,10 +13,10 @@ def test_roundtrip_and_weights_only(tmp_path):
     checkpoints.save_model_checkpoint(p, {"w": torch.ones(2)}, {"arch": "cnn_small", "dataset": "synthetic",
                                       "num_classes": 10, "channels": 3, "input_size": 32, "mean": [0.5],
                                       "std": [0.2], "metrics": {"acc": 0.5}}, {"w": torch.tensor([True, False])})
-    payload = checkpoints.load_model_checkpoint(p)
-    assert torch.equal(payload["state_dict"]["w"], torch.ones(2))
-    assert payload["masks"]["w"].tolist() == [True, False]
-    assert payload["meta"]["metrics"]["acc"] == 0.5
+    payload = checkpoints.read_model_checkpoint(p)
+    assert torch.equal(payload.state_dict["w"], torch.ones(2))
+    assert payload.masks["w"].tolist() == [True, False]
+    assert payload.meta.metrics["acc"] == 0.5
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
 
 
@@ -42,7 +42,7 @@ def test_failed_write_leaves_previous_file_intact(tmp_path):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        checkpoints.atomic_write_bytes(p, boom)
+        fileio.atomic_write_bytes(p, boom)
     assert checkpoints.load(p) == {"v": 1}
     assert len(list(tmp_path.iterdir())) == 1
 
@@ -51,7 +51,7 @@ def test_not_a_model_checkpoint(tmp_path):
     p = tmp_path / "c.pt"
     checkpoints.save(p, {"v": 1})
     with pytest.raises(UserError, match="not an abcrown_plugins model checkpoint"):
-        checkpoints.load_model_checkpoint(p)
+        checkpoints.read_model_checkpoint(p)
     with pytest.raises(UserError, match="not found"):
         checkpoints.load(tmp_path / "missing.pt")
 
@@ -66,11 +66,11 @@ def test_written_files_follow_the_umask(tmp_path):
 
 
 def test_zoo_prefix_names_shipped_checkpoints():
-    payload = checkpoints.load_model_checkpoint("zoo:cnn_7layer_synthetic_pruned.pt")
-    assert payload["meta"]["arch"] == "cnn_7layer"
+    payload = checkpoints.read_model_checkpoint("zoo:cnn_7layer_synthetic_pruned.pt")
+    assert payload.meta.arch == "cnn_7layer"
     assert checkpoints.resolve("zoo:cnn_7layer_synthetic_pruned") == checkpoints.resolve(
         "zoo:cnn_7layer_synthetic_pruned.pt")  # the suffix may be left off
     with pytest.raises(UserError, match="not found"):
-        checkpoints.load_model_checkpoint("zoo:no_such.pt")
+        checkpoints.read_model_checkpoint("zoo:no_such.pt")
     with pytest.raises(UserError, match="not found"):
-        checkpoints.load_model_checkpoint("zoo:no_such")
+        checkpoints.read_model_checkpoint("zoo:no_such")

@@ -10,15 +10,15 @@ import torch
 from abcrown_plugins import checkpoints
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.export import export_onnx, write_robustness_vnnlib
-from abcrown_plugins.integration.hooks import validate_against_abcrown, zoo_data, zoo_model
-from abcrown_plugins.integration.results import read_results_pickle, results_rows, verdict
-from abcrown_plugins.integration.vnncomp import check_witness, parse_witness, read_instances
-from abcrown_plugins.models import model_from_checkpoint
+from abcrown_plugins.abcrown.hooks import validate_against_abcrown, zoo_data, zoo_model
+from abcrown_plugins.abcrown.results import read_results_pickle, results_rows, verdict
+from abcrown_plugins.abcrown.vnncomp import check_witness, parse_witness, read_instances
+from abcrown_plugins.models import load_model
 
 
 def test_model_hook_gives_checkpoint_logits(small_checkpoint):
     hooked = zoo_model(checkpoint=str(small_checkpoint))
-    ours = model_from_checkpoint(checkpoints.load_model_checkpoint(small_checkpoint))
+    ours = load_model(small_checkpoint).model
     assert not hooked.training
     x = torch.rand(8, 3, 32, 32)
     assert torch.equal(hooked(x), ours(x))
@@ -53,7 +53,7 @@ def test_data_hook_errors():
 
 
 def test_witness_recheck(small_checkpoint, tmp_path):
-    model = model_from_checkpoint(checkpoints.load_model_checkpoint(small_checkpoint))
+    model = load_model(small_checkpoint).model
     onnx_path = tmp_path / "m.onnx"
     export_onnx(model, onnx_path, (3, 32, 32))
     x = torch.rand(3, 32, 32)

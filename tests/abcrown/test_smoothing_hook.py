@@ -14,7 +14,7 @@ import torch
 import model_zoo
 from abcrown_plugins import checkpoints
 from abcrown_plugins.export.onnx_io import export_onnx
-from abcrown_plugins.integration.smoothing import certify_instance, label_from_spec
+from abcrown_plugins.abcrown.smoothing import certify_instance, label_from_spec
 from abcrown_plugins.models import model_meta
 from abcrown_plugins.smoothing import certify, max_certifiable_radius
 
@@ -130,7 +130,7 @@ def test_hook_runs_in_real_abcrown(tmp_path):
     bench = tmp_path / "bench"
     _write_benchmark(bench)
     kwargs = ", ".join(f"{k}={v}" for k, v in SETTINGS.items())
-    hook = (f'Customized("abcrown_plugins.integration.smoothing", "certify_instance", radius=0.25, {kwargs}, '
+    hook = (f'Customized("abcrown_plugins.abcrown.smoothing", "certify_instance", radius=0.25, {kwargs}, '
             f'input_shape=[1, 28, 28])')
     template = (Path(__file__).resolve().parents[2] / "exp_configs" / "smoothing.yaml").read_text()
     config = template.replace("root_path: results/smoothing_benchmark", f"root_path: {bench}")

@@ -21,6 +21,10 @@ def set_progress(enabled: bool) -> None:
     _PROGRESS["enabled"] = enabled
 
 
+def progress_enabled() -> bool:
+    return _PROGRESS["enabled"]
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
     """A tqdm bar on stderr (off with ``general.progress: false``)."""
     return tqdm(iterable, desc=desc, total=total, leave=leave, file=sys.stderr, dynamic_ncols=True,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from abcrown_plugins.errors import UserError
+from abcrown_plugins.fileio import os_error
 
 
 def _tensor_from_bytes(b: bytes) -> Any:
@@ -55,10 +56,13 @@ def read_results_pickle(path: str | Path) -> dict[str, Any]:
             data = _ResultsUnpickler(f).load()
     except FileNotFoundError:
         raise UserError(f"results file '{path}' not found") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise UserError(f"'{path}' is not an α,β-CROWN results pickle: {e}") from None
-    if not isinstance(data, dict) or "results" not in data:
-        raise UserError(f"'{path}' is not an α,β-CROWN results pickle (no 'results' entry)")
+    except OSError as e:
+        raise os_error(e) from None
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle fails in many ways; all mean "not a results file"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:80]
+        raise UserError(f"'{path}' is not an α,β-CROWN results pickle: {first}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), (list, tuple)):
+        raise UserError(f"'{path}' is not an α,β-CROWN results pickle (no 'results' list)")
     return data
 
 
@@ -78,7 +82,12 @@ def results_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per instance: index, α,β-CROWN's word, VNN-COMP verdict, seconds."""
     rows = []
     for i, entry in enumerate(data["results"]):
-        word, seconds = (entry[0], entry[1]) if isinstance(entry, (list, tuple)) else (entry, None)
-        rows.append({"index": i, "abcrown_result": str(word), "result": verdict(str(word)),
-                     "time_s": float(seconds) if seconds is not None else None})
+        word, seconds = (entry[0], entry[1]) if isinstance(entry, (list, tuple)) and len(entry) >= 2 else (entry, None)
+        try:
+            seconds = float(seconds) if seconds is not None else None
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"results entry {i}: time {str(seconds)[:80]!r} is not a number; is this an α,β-CROWN "
+                            "results pickle?") from None
+        rows.append({"index": i, "abcrown_result": str(word)[:200], "result": verdict(str(word)[:200]),
+                     "time_s": seconds})
     return rows

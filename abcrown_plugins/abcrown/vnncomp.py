@@ -1,38 +1,53 @@
-"""Run α,β-CROWN over a VNN-COMP benchmark folder, one instance at a time.
+"""Run α,β-CROWN over a VNN-COMP benchmark folder: every instance a task of the executor.
 
-Each instance runs the way VNN-COMP's ``run_instance.sh`` runs a tool:
-``abcrown.py --config CFG --onnx_path ONNX --vnnlib_path VNNLIB --results_file R
---timeout T --save_adv_example``; the first line of R is the result
-(``sat``/``unsat``/``timeout``/``unknown``), a ``sat`` is followed by a
-witness. Every ``sat`` witness is re-checked here with onnxruntime against the
-property; one that fails the check becomes ``error``. A crashing instance
-becomes an ``error`` row naming its log, and the batch goes on.
+:func:`run_benchmark` hands the instances of ``instances.csv`` to
+:func:`abcrown_plugins.executor.run_tasks`; each task is
+:func:`abcrown_plugins.abcrown.runner.verify_instance` (a long-lived α,β-CROWN
+process per worker, ``sat`` witnesses re-checked in onnxruntime, crashes as
+``error`` rows naming their log). Finished instances are kept under
+``OUT/instances/`` so an interrupted run resumes where it stopped; each is
+keyed by its index and a digest of its network's, property's and α,β-CROWN
+config's contents and its timeout (:func:`instance_keys`), so a redrawn or
+re-exported benchmark is verified afresh, never answered from an old result;
+``results.csv``/``results.md`` list every instance in the file's order.
+
+:func:`run_instance` runs one instance in a fresh ``abcrown.py`` process, the
+way VNN-COMP's ``run_instance.sh`` does (``vnncomp run-instance``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
+import math
 import os
-import re
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from abcrown_plugins.fileio import atomic_write_text
-from abcrown_plugins.errors import UserError
-from abcrown_plugins.export.onnx_io import onnx_session, run_onnx
-from abcrown_plugins.export.vnnlib import read_robustness_vnnlib
 from abcrown_plugins.abcrown.abcrown_env import AbcrownInstall, require_abcrown
+from abcrown_plugins.abcrown.runner import (
+    RESULTS,
+    STARTUP_SLACK_S,
+    InstanceResult,
+    check_witness,
+    parse_witness,
+    read_verdict,
+    verify_instance,
+)
+from abcrown_plugins.errors import UserError
+from abcrown_plugins.executor import ExecutorSettings, Task, run_tasks, threads_per_worker
+from abcrown_plugins.fileio import atomic_write_text, file_sha256
 from abcrown_plugins.report import markdown_table, write_csv, write_markdown
-from abcrown_plugins.runtime import progress
 
-RESULTS = ("sat", "unsat", "timeout", "unknown", "error")
+__all__ = ["INSTANCE_CONFIG", "RESULTS", "InstanceResult", "check_instance_files", "check_witness", "instance_keys",
+           "parse_witness", "read_instances", "run_benchmark", "run_instance", "run_single", "write_instance_config",
+           "write_results"]
 
 # α,β-CROWN settings for one instance on a CPU: small batches, short optimisation.
 INSTANCE_CONFIG: dict[str, Any] = {
@@ -41,23 +56,6 @@ INSTANCE_CONFIG: dict[str, Any] = {
     "solver": {"batch_size": 64, "alpha-crown": {"iteration": 20}, "beta-crown": {"iteration": 10}},
     "bab": {"timeout": 60},
 }
-
-# Extra wall time allowed beyond the instance timeout for start-up and shut-down.
-STARTUP_SLACK_S = 120.0
-
-
-@dataclass
-class InstanceResult:
-    index: int
-    onnx: str
-    vnnlib: str
-    timeout_s: float
-    result: str
-    runtime_s: float
-    witness_checked: str   # "yes" (sat re-checked), "rejected", or "" (no witness)
-    log: str
-    note: str = ""
-    abcrown_time_s: float | None = None  # α,β-CROWN's own "Time:" (verification, without start-up)
 
 
 def read_instances(folder: Path) -> list[tuple[str, str, float]]:
@@ -71,56 +69,32 @@ def read_instances(folder: Path) -> list[tuple[str, str, float]]:
         if len(row) != 3:
             raise UserError(f"{path}:{n}: expected 'onnx,vnnlib,timeout', got {','.join(row)!r}")
         try:
-            rows.append((row[0].strip(), row[1].strip(), float(row[2])))
+            timeout = float(row[2])
         except ValueError:
-            raise UserError(f"{path}:{n}: timeout {row[2]!r} is not a number") from None
+            raise UserError(f"{path}:{n}: timeout {row[2][:80]!r} is not a number") from None
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise UserError(f"{path}:{n}: timeout {row[2][:80]!r} must be a positive finite number of seconds")
+        rows.append((row[0].strip(), row[1].strip(), timeout))
     return rows
 
 
-_TIME = re.compile(r"^Time:\s*([0-9.eE+-]+)\s*$", re.MULTILINE)
+def check_instance_files(folder: Path, rows: list[tuple[str, str, float]]) -> None:
+    """UserError (one line) unless every network of ``rows`` is a valid ONNX file and every property exists."""
+    import onnx
 
-
-def abcrown_time(log: Path) -> float | None:
-    """The last ``Time: S`` α,β-CROWN printed in ``log`` (its own timing of the instance)."""
-    if not log.is_file():
-        return None
-    found = _TIME.findall(log.read_text(errors="replace"))
-    return float(found[-1]) if found else None
-
-
-_PAIR = re.compile(r"\(\s*([XY])_(\d+)\s+([-+0-9.eEinfa]+)\s*\)")
-
-
-def parse_witness(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """``((X_0 v) ... (Y_0 v) ...)`` -> (x, y) arrays."""
-    xs, ys = {}, {}
-    for kind, i, v in _PAIR.findall(text):
-        (xs if kind == "X" else ys)[int(i)] = float(v)
-    if not xs:
-        raise ValueError("no X_i values in the witness")
-    x = np.array([xs[i] for i in range(len(xs))], dtype=np.float32)
-    y = np.array([ys[i] for i in range(len(ys))], dtype=np.float32)
-    return x, y
-
-
-def check_witness(onnx_path: Path, vnnlib_path: Path, witness: str, tol: float = 1e-4) -> str:
-    """Empty string if the witness is inside the box and onnxruntime confirms the violation, else why not."""
-    prop = read_robustness_vnnlib(vnnlib_path)
-    try:
-        x, _ = parse_witness(witness)
-    except (ValueError, KeyError) as e:
-        return f"unreadable witness: {e}"
-    if x.size != prop.lower.size:
-        return f"witness has {x.size} inputs, the property {prop.lower.size}"
-    if (x < prop.lower - tol).any() or (x > prop.upper + tol).any():
-        return "witness lies outside the input box"
-    session = onnx_session(onnx_path)
-    shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
-    out = run_onnx(session, np.clip(x, prop.lower, prop.upper).reshape(shape)).flatten()
-    others = np.delete(out, prop.label)
-    if not (others >= out[prop.label]).any():
-        return f"onnxruntime does not confirm the violation (label logit {out[prop.label]:.6g} is the largest)"
-    return ""
+    for rel in sorted({onnx_rel for onnx_rel, _, _ in rows}):
+        path = folder / rel
+        if not path.is_file():
+            raise UserError(f"{folder / 'instances.csv'}: ONNX network {rel[:80]!r} not found")
+        try:
+            onnx.checker.check_model(str(path))
+        except Exception as e:  # noqa: BLE001 - onnx raises protobuf and checker errors for a bad file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"'{path}' is not a valid ONNX network ({first[:80]}); export the benchmark "
+                            "again") from None
+    for _, rel, _ in rows:
+        if not (folder / rel).is_file():
+            raise UserError(f"{folder / 'instances.csv'}: property {rel[:80]!r} not found")
 
 
 def run_instance(inst: AbcrownInstall, onnx: Path, vnnlib: Path, results_file: Path, timeout: float,
@@ -144,9 +118,8 @@ def run_instance(inst: AbcrownInstall, onnx: Path, vnnlib: Path, results_file: P
         except subprocess.TimeoutExpired:
             return "timeout", time.perf_counter() - start, "killed after timeout + slack"
     wall = time.perf_counter() - start
-    first = results_file.read_text().strip().splitlines()[0].strip() if results_file.is_file() and \
-        results_file.read_text().strip() else ""
-    if first not in RESULTS or first == "error":
+    first = read_verdict(results_file)
+    if not first or first == "error":
         return "error", wall, f"exit code {code}, no result in {results_file.name}"
     return first, wall, "" if code == 0 else f"exit code {code}"
 
@@ -162,7 +135,7 @@ def run_single(onnx: str | Path, vnnlib: str | Path, results_file: str | Path, t
     results = Path(results_file).resolve()
     config = Path(abcrown_config).resolve() if abcrown_config else results.with_suffix(".abcrown.yaml")
     if not abcrown_config:
-        atomic_write_text(config, yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
+        write_instance_config(config, None)
     result, wall, note = run_instance(require_abcrown(), Path(onnx).resolve(), Path(vnnlib).resolve(), results,
                                       float(timeout), config, results.with_suffix(".log"))
     if result == "error" and not results.is_file():
@@ -170,54 +143,91 @@ def run_single(onnx: str | Path, vnnlib: str | Path, results_file: str | Path, t
     return result, wall, note
 
 
+def write_instance_config(path: Path, abcrown_config: str | Path | None) -> Path:
+    """The α,β-CROWN YAML every instance runs with: the user's (copied), else :data:`INSTANCE_CONFIG`."""
+    if abcrown_config is None:
+        atomic_write_text(path, yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
+    else:
+        if not Path(abcrown_config).is_file():
+            raise UserError(f"α,β-CROWN config '{abcrown_config}' not found")
+        shutil.copyfile(abcrown_config, path)
+    return path
+
+
+def instance_tasks(rows: list[tuple[str, str, float]], folder: Path, out: Path, config: Path,
+                   executor: ExecutorSettings | None = None, timeout_scale: float = 1.0) -> list[Task]:
+    """One executor task per instance (keys ``NNNN``, in file order).
+
+    α,β-CROWN gets the worker's threads; when its config puts it on a GPU
+    (``general.device`` other than cpu) each task asks the executor for one.
+    """
+    threads = threads_per_worker(executor or ExecutorSettings())
+    settings = yaml.safe_load(Path(config).read_text()) or {}
+    device = str((settings.get("general") or {}).get("device", "cuda"))  # α,β-CROWN's own default is cuda
+    gpus = 0.0 if device == "cpu" else 1.0
+    return [Task(f"{i:04d}", verify_instance, (i, onnx, vnnlib, timeout * timeout_scale, str(folder), str(out),
+                                               str(config), threads), num_gpus=gpus)
+            for i, (onnx, vnnlib, timeout) in enumerate(rows)]
+
+
+def outcome_rows(outcomes, rows: list[tuple[str, str, float]], out: Path) -> list[InstanceResult]:
+    """Instance results in task order; a task that failed in the executor is an ``error`` row."""
+    results = []
+    for i, (o, (onnx, vnnlib, timeout)) in enumerate(zip(outcomes, rows)):
+        if o.ok:
+            results.append(InstanceResult(**o.result))
+        else:
+            results.append(InstanceResult(i, onnx, vnnlib, timeout, "error", 0.0, "",
+                                          str(out / "logs" / f"{i:04d}.log"), f"task failed: {o.error}"))
+    return results
+
+
+def instance_keys(rows: list[tuple[str, str, float]], folder: Path, config: Path,
+                  timeout_scale: float = 1.0) -> list[str]:
+    """Per instance, a digest of what its result depends on: the contents of its network, its property and
+    the α,β-CROWN config, and its scaled timeout (12 hex digits)."""
+    digests: dict[Path, str] = {}
+
+    def content(path: Path) -> str:
+        if path not in digests:
+            digests[path] = file_sha256(path)
+        return digests[path]
+
+    settings = content(Path(config))
+    return [hashlib.sha256(f"{content(folder / onnx)} {content(folder / vnnlib)} {timeout * timeout_scale!r} "
+                           f"{settings}".encode()).hexdigest()[:12] for onnx, vnnlib, timeout in rows]
+
+
 def run_benchmark(folder: str | Path, out: str | Path, abcrown_config: str | Path | None = None,
-                  timeout_scale: float = 1.0, limit: int | None = None) -> list[InstanceResult]:
-    """Run every instance of ``folder``; writes results.csv and results.md into ``out``."""
-    inst = require_abcrown()
+                  timeout_scale: float = 1.0, limit: int | None = None,
+                  executor: ExecutorSettings | None = None) -> list[InstanceResult]:
+    """Run every instance of ``folder`` on the executor; writes results.csv and results.md into ``out``."""
+    if not (math.isfinite(timeout_scale) and timeout_scale > 0):
+        raise UserError(f"--timeout-scale must be a positive finite number, got {timeout_scale!r}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
     folder, out = Path(folder).resolve(), Path(out).resolve()
     rows = read_instances(folder)[:limit]
+    check_instance_files(folder, rows)
+    require_abcrown()
     out.mkdir(parents=True, exist_ok=True)
-    config = out / "abcrown_instance.yaml"
-    if abcrown_config is None:
-        atomic_write_text(config, yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
-    else:
-        shutil.copyfile(abcrown_config, config)
-    work = out / "work"
-    work.mkdir(exist_ok=True)
-    results: list[InstanceResult] = []
-    for i, (onnx, vnnlib, timeout) in enumerate(progress(rows, desc="instances", total=len(rows), leave=True)):
-        onnx_path, vnn_src = folder / onnx, folder / vnnlib
-        log = out / "logs" / f"{i:04d}.log"
-        if not onnx_path.is_file() or not vnn_src.is_file():
-            results.append(InstanceResult(i, onnx, vnnlib, timeout, "error", 0.0, "", str(log),
-                                          "onnx or vnnlib file missing"))
-            continue
-        # a private copy: α,β-CROWN writes a compiled cache next to the vnnlib it reads
-        vnn_copy = work / f"{i:04d}_{vnn_src.name}"
-        shutil.copyfile(vnn_src, vnn_copy)
-        res_file = out / "results" / f"{i:04d}.txt"
-        res_file.parent.mkdir(exist_ok=True)
-        result, wall, note = run_instance(inst, onnx_path, vnn_copy, res_file, timeout * timeout_scale, config, log)
-        checked = ""
-        if result == "sat":
-            witness = "\n".join(res_file.read_text().splitlines()[1:])
-            why = check_witness(onnx_path, vnn_src, witness)
-            checked = "rejected" if why else "yes"
-            if why:
-                result, note = "error", f"sat witness rejected: {why}"
-        results.append(InstanceResult(i, onnx, vnnlib, timeout, result, wall, checked, str(log), note,
-                                      abcrown_time(log)))
-        write_results(out, results)
+    config = write_instance_config(out / "abcrown_instance.yaml", abcrown_config)
+    tasks = instance_tasks(rows, folder, out, config, executor, timeout_scale)
+    # a finished instance is reused only for the same network, property, timeout and α,β-CROWN settings
+    keys = instance_keys(rows, folder, config, timeout_scale)
+    tasks = [dataclasses.replace(task, key=f"{task.key}-{key}") for task, key in zip(tasks, keys)]
+    outcomes = run_tasks(tasks, out / "instances", executor, desc="α,β-CROWN instances")
+    results = outcome_rows(outcomes, rows, out)
     write_results(out, results)
     return results
 
 
-COLUMNS = ["index", "onnx", "vnnlib", "timeout_s", "result", "runtime_s", "abcrown_time_s", "witness_checked", "log",
-           "note"]
+COLUMNS = ["index", "onnx", "vnnlib", "timeout_s", "result", "runtime_s", "abcrown_time_s", "peak_rss_mib",
+           "witness_checked", "log", "note"]
 
 
 def write_results(out: Path, results: list[InstanceResult]) -> None:
-    rows = [asdict(r) for r in results]
+    rows = [r.as_dict() for r in results]
     write_csv(out / "results.csv", rows, COLUMNS)
     counts = {k: sum(r.result == k for r in results) for k in RESULTS}
     lines = ["# α,β-CROWN on a VNN-COMP benchmark", "",

@@ -27,6 +27,7 @@ import torch
 from abcrown_plugins.checkpoints.meta import MetaError, ModelCheckpoint, ModelMeta, TaskInfo, TransferInfo
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.fileio import atomic_write_bytes
+from abcrown_plugins.numerics import require_finite
 
 __all__ = ["FORMAT", "ModelCheckpoint", "ModelMeta", "TaskInfo", "TransferInfo", "ZOO_PREFIX", "load",
            "read_model_checkpoint", "resolve", "save", "save_model_checkpoint"]
@@ -92,7 +93,8 @@ def save_model_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
 
 
 def read_model_checkpoint(path: str | Path) -> ModelCheckpoint:
-    """Read a model checkpoint (a path or ``zoo:NAME``): format checked, metadata typed; else UserError."""
+    """Read a model checkpoint (a path or ``zoo:NAME``): format checked, metadata typed, every weight and
+    buffer finite; else UserError (a NaN network gets no verified accuracy, certificate or benchmark)."""
     given, path = path, resolve(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{given}' not found (looked at {path.resolve()})")
@@ -104,6 +106,11 @@ def read_model_checkpoint(path: str | Path) -> ModelCheckpoint:
         meta = ModelMeta.from_dict(payload.get("meta", {}))
     except MetaError as e:
         raise UserError(f"checkpoint '{path}' {e}; re-create it with abcrown-plugins") from None
+    if not isinstance(payload["state_dict"], dict):
+        raise UserError(f"checkpoint '{path}' holds a state_dict of type {type(payload['state_dict']).__name__}, "
+                        f"expected a dict of tensors; re-create it with abcrown-plugins")
+    require_finite(payload["state_dict"], f"checkpoint '{path}'",
+                   "the network diverged or the file is damaged: retrain it or use an earlier checkpoint")
     return ModelCheckpoint(path=path, state_dict=payload["state_dict"], meta=meta,
                            masks={k: v.bool() for k, v in (payload.get("masks") or {}).items()},
                            channel_masks={k: v.bool() for k, v in (payload.get("channel_masks") or {}).items()})

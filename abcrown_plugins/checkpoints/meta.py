@@ -17,6 +17,7 @@ links a downstream network of ``abcrown-plugins transfer`` to its base.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -108,6 +109,12 @@ class ModelMeta:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"mean {list(self.mean)[:4]} and std {list(self.std)[:4]} must be finite, std > 0")
+        if self.eps is not None:
+            if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 <= self.eps < math.inf:
+                raise ValueError(f"eps must be a finite number >= 0, got {str(self.eps)[:80]}")
+            object.__setattr__(self, "eps", float(self.eps))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -142,7 +149,7 @@ class ModelMeta:
             known["transfer"] = _typed(TransferInfo, known["transfer"], "transfer")
         try:
             return cls(**known, extra={k: v for k, v in data.items() if k not in names})
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise MetaError(f"has malformed metadata ({e})") from None
 
     def to_dict(self) -> dict[str, Any]:

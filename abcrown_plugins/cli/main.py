@@ -1,7 +1,8 @@
 """``abcrown-plugins``: the command line.
 
-Each command module registers its sub-commands with ``register(subparsers)``
-and sets ``func``; every user error ends as one line
+:mod:`.parsers` declares every sub-command and names its handler; the handler's
+module (``*_commands.py``) is imported only when its command runs. Every user
+error ends as one line
 ``abcrown-plugins: error: ...`` on stderr and exit code 2, without a traceback.
 Commands that take a config accept ``--section.key VALUE`` overrides
 (``args.overrides``); a command that takes none sets ``no_overrides=True``.
@@ -9,25 +10,28 @@ Commands that take a config accept ``--section.key VALUE`` overrides
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Sequence
 
-from abcrown_plugins.cli import abcrown_commands, pipeline_commands
-from abcrown_plugins.cli import smoothing_commands
-from abcrown_plugins.cli import pruning_commands
 from abcrown_plugins.cli.common import PROG, Parser
+from abcrown_plugins.cli.parsers import register_all
 from abcrown_plugins.errors import UserError
-
-COMMAND_MODULES = (pipeline_commands, abcrown_commands, smoothing_commands, pruning_commands)
+from abcrown_plugins.fileio import os_error
 
 
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Pruning, certified training and verification plugins for α,β-CROWN.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for module in COMMAND_MODULES:
-        module.register(sub)
+    register_all(sub)
     return p
+
+
+def handler(spec: str):
+    """The function ``"MODULE:FUNCTION"`` names (a module of this package), imported now."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(f"abcrown_plugins.cli.{module}"), name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,11 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, rest = build_parser().parse_known_args(argv)
         if rest and getattr(args, "no_overrides", False):
-            raise UserError(f"unexpected arguments: {' '.join(rest)}")
+            raise UserError(f"unexpected arguments: {' '.join(rest)[:80]}")
         args.overrides = rest
-        return args.func(args)
+        return handler(args.func)(args)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the system refuses (too long, no permission, disk full): the user's to fix
+        print(f"{PROG}: error: {os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)

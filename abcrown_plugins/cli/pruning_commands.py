@@ -25,10 +25,3 @@ def _cmd_methods(args) -> int:
         for name, desc in TRAINING_METHODS.items():
             print(f"  {name:<{width}}  {desc}")
     return 0
-
-
-def register(sub) -> None:
-    me = sub.add_parser("methods", help="list the pruning methods (and with --all criteria, regularisers, "
-                                        "training methods)")
-    me.add_argument("--all", action="store_true", help="also list criteria, regularisers and training methods")
-    me.set_defaults(func=_cmd_methods, no_overrides=True)

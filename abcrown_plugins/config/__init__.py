@@ -3,6 +3,7 @@
 from abcrown_plugins.config.core import (
     Config,
     build_config,
+    config_warnings,
     default_config,
     dump_config,
     dump_reference,
@@ -12,5 +13,5 @@ from abcrown_plugins.config.core import (
 )
 from abcrown_plugins.config.schema import SECTIONS, Option, Section
 
-__all__ = ["Config", "Option", "Section", "SECTIONS", "build_config", "default_config", "dump_config",
+__all__ = ["Config", "Option", "Section", "SECTIONS", "build_config", "config_warnings", "default_config", "dump_config",
            "dump_reference", "load_config", "parse_override_args", "read_yaml"]

@@ -2,17 +2,38 @@
 
 A kind never evaluates code: numbers come from ``int``/``float``/``Fraction``,
 everything else is checked structurally. ``parse`` raises :class:`KindError`
-with the expected kind's name; the loader adds the key and the source.
+with the expected kind's name; the loader adds the key and the source. Real
+numbers are finite: ``nan``, ``inf`` and values too large for a float
+(``1e400``, a 400-digit integer) are refused. An error quotes at most ~80
+characters of the value (:func:`quote`). :func:`parse_value` checks a value
+outside a config (a command-line flag) the same way, raising UserError.
 """
 
 from __future__ import annotations
 
+import math
+import reprlib
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
+
+from abcrown_plugins.errors import UserError
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 3, 80, 80, 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
 
 
 class KindError(ValueError):
     """A value that does not fit the option's kind."""
+
+
+def quote(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` of at most ``limit`` (+3) characters, computed without building a huge repr."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int beyond Python's int-to-str digit limit
+        text = f"<{type(value).__name__} too long to print>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Kind:
@@ -24,13 +45,32 @@ class Kind:
         return value
 
     def fail(self, value: Any) -> KindError:
-        return KindError(f"expected {self.name}, got {value!r} ({type(value).__name__})")
+        return KindError(f"expected {self.name}, got {quote(value)} ({type(value).__name__})")
 
 
 def _check_range(kind: Kind, out: float, lo: float | None, hi: float | None, value: Any):
     if (lo is not None and out < lo) or (hi is not None and out > hi):
-        raise KindError(f"expected {kind.name}, got {value!r}")
+        raise KindError(f"expected {kind.name}, got {quote(value)}")
     return out
+
+
+def _finite(kind: Kind, value: Any, convert: Callable[[], float]) -> float:
+    """``convert()``, a float, unless it overflows or is NaN/inf: then a KindError naming ``value``."""
+    try:
+        out = convert()
+    except OverflowError:
+        raise KindError(f"expected a finite {kind.name}, got {quote(value)} (too large for a float)") from None
+    if not math.isfinite(out):
+        raise KindError(f"expected a finite {kind.name}, got {quote(value)}")
+    return out
+
+
+def parse_value(kind: Kind, value: Any, name: str) -> Any:
+    """``kind.parse(value)`` for a setting outside a config (e.g. a flag ``--timeout``); UserError naming it."""
+    try:
+        return kind.parse(value)
+    except KindError as e:
+        raise UserError(f"{name}: {e}") from None
 
 
 def _range_name(base: str, lo: float | None, hi: float | None) -> str:
@@ -62,6 +102,8 @@ class Int(Kind):
                 raise self.fail(value) from None
         else:
             raise self.fail(value)
+        if abs(out) >= 2 ** 63:
+            raise KindError(f"expected {self.name}, got {quote(value)} (beyond a 64-bit integer)")
         return _check_range(self, out, self.lo, self.hi, value)
 
 
@@ -76,12 +118,13 @@ class Float(Kind):
         if isinstance(value, bool):
             raise self.fail(value)
         if isinstance(value, (int, float)):
-            out = float(value)
+            out = _finite(self, value, lambda: float(value))
         elif isinstance(value, str):
             try:
-                out = float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 raise self.fail(value) from None
+            out = _finite(self, value, lambda: number)
         else:
             raise self.fail(value)
         return _check_range(self, out, self.lo, self.hi, value)
@@ -96,16 +139,18 @@ class Eps(Kind):
         if isinstance(value, bool):
             raise self.fail(value)
         if isinstance(value, (int, float)):
-            out = float(value)
+            out = _finite(self, value, lambda: float(value))
         elif isinstance(value, str):
-            try:
-                out = float(Fraction(value.replace(" ", "")))
+            text = value.replace(" ", "")
+            try:  # float() reads "1e999999999" at once; Fraction would build the integer
+                number = Fraction(text) if "/" in text else float(text)
             except (ValueError, ZeroDivisionError):
                 raise self.fail(value) from None
+            out = _finite(self, value, lambda: float(number))
         else:
             raise self.fail(value)
         if out < 0:
-            raise KindError(f"expected a non-negative radius, got {value!r}")
+            raise KindError(f"expected a non-negative radius such as 2/255, got {quote(value)}")
         return out
 
 

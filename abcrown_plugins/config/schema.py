@@ -99,9 +99,11 @@ SECTIONS: tuple[Section, ...] = (
     )),
     Section("verification", "Verification of each trained (sub)network.", (
         O("eps", Eps(), 2 / 255, "L-inf radius to verify, in [0,1] pixel units (e.g. 2/255)."),
-        O("method", Str(("ibp", "crown")), "ibp", "Bound method: ibp (built in) or crown (needs auto_LiRPA)."),
+        O("method", Str(("ibp", "crown", "abcrown")), "ibp", "Bound method: ibp (built in), crown (needs auto_LiRPA), or abcrown: complete verification by α,β-CROWN (ABCROWN_HOME/ABCROWN_PYTHON) of the first num_examples test images, IBP computed beside it."),
         O("num_examples", Optional(Int(min=1)), None, "Verify the first N test images (null: the whole test split)."),
         O("batch_size", Int(min=1), 256, "Verification batch size."),
+        O("timeout", Float(min=0), 60.0, "Per-instance timeout of α,β-CROWN in seconds (verification.method abcrown)."),
+        O("abcrown_config", Optional(Str()), None, "α,β-CROWN YAML whose solver settings every instance uses (null: CPU-sized defaults)."),
         O("pgd_steps", Int(min=0), 10, "PGD steps of the attack that gives the PGD accuracy column (0: skip the attack)."),
         O("pgd_restarts", Int(min=1), 1, "PGD restarts from random starts in the eps-ball."),
         O("pgd_alpha", Float(min=0), 0.25, "PGD step size in units of verification.eps."),
@@ -141,6 +143,13 @@ SECTIONS: tuple[Section, ...] = (
         O("certify", Bool(), True, "Certify every downstream model with randomized smoothing (smoothing section) on smoothing.num_examples test images."),
         O("certify_radius", Float(min=0), 0.25, "L2 radius whose certified accuracy the transfer summary reports."),
     )),
+    Section("executor", "Where embarrassingly parallel work runs (α,β-CROWN instances, certify images); never changes results.", (
+        O("kind", Str(("local", "ray")), "local", "local: worker processes on this machine; ray: a Ray cluster (extra [distributed])."),
+        O("workers", Int(min=1), 1, "Local worker processes (1: in this process)."),
+        O("threads", Int(min=0), 0, "Threads per worker (0: cores // workers, so workers x threads <= cores)."),
+        O("ray_address", Optional(Str()), None, "Address of a running Ray cluster to join (null: start a local one)."),
+        O("retries", Int(min=0), 2, "Extra attempts for a task whose worker died or that raised."),
+    )),
     Section("output", "Where and what to write.", (
         O("dir", Optional(Str()), None, "Output folder (default: results/NAME-HASH)."),
         O("plot", Bool(), True, "Write the verified-accuracy-vs-remaining-weights plot (PNG)."),
@@ -177,3 +186,15 @@ CHECKS: tuple[Check, ...] = (
           lambda c: "a 'dataset:NAME' transfer task needs a pretrained base network: set model.checkpoint "
                     "(e.g. from `abcrown-plugins train` on the source data set)"),
 )
+
+WARNINGS: tuple[Check, ...] = (
+    Check(("training.method", "training.epochs", "training.eps_warmup_epochs", "training.eps_ramp_epochs"),
+          lambda c: c.training.method == "standard"
+          or c.training.epochs >= c.training.eps_warmup_epochs + c.training.eps_ramp_epochs,
+          lambda c: f"training.epochs {c.training.epochs} ends before the eps warm-up and ramp do "
+                    f"(eps_warmup_epochs {c.training.eps_warmup_epochs} + eps_ramp_epochs "
+                    f"{c.training.eps_ramp_epochs}), so {c.training.method} training never reaches training.eps "
+                    f"{c.training.eps:.6g}; raise training.epochs or shorten the warm-up/ramp"),
+)
+"""Rules that may be broken on purpose but usually are a mistake: the commands that train print
+``message(cfg)`` as a warning (:func:`abcrown_plugins.config.config_warnings`) and go on."""

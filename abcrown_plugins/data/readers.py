@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -210,8 +211,9 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as error:
-        raise UserError(f"cannot read {path} ({error.__class__.__name__}); re-download it") from None
+    except (OSError, EOFError, zlib.error) as error:  # a corrupt gzip stream raises zlib.error, not OSError
+        reason = "corrupt gzip data" if isinstance(error, zlib.error) else error.__class__.__name__
+        raise UserError(f"cannot read {path} ({reason}); re-download it") from None
     if len(raw) < 4 or struct.unpack(">I", raw[:4])[0] != magic:
         found = f"0x{struct.unpack('>I', raw[:4])[0]:08x}" if len(raw) >= 4 else "none"
         raise UserError(
@@ -257,7 +259,7 @@ def read_svhn(root: str | None, split: str) -> tuple[torch.Tensor, torch.Tensor]
     (path,) = _find(f"svhn {split}", root, ("", "svhn"), (f"{split}_32x32.mat",))
     try:
         mat = loadmat(path)
-    except (ValueError, OSError, NotImplementedError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 - scipy raises many kinds of errors for a corrupt file
         raise UserError(f"cannot read {path} as a MATLAB file ({error.__class__.__name__}); re-download it") from None
     x, y = mat.get("X"), mat.get("y")
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):

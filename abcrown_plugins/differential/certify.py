@@ -34,7 +34,7 @@ from torch import Tensor
 from abcrown_plugins.differential.engine import DifferentialEngine
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.runtime import progress
-from abcrown_plugins.smoothing.certify import SmoothingResult, check_settings, decide, noise_batches
+from abcrown_plugins.smoothing.certify import SmoothingResult, check_settings, class_counts, decide, noise_batches
 
 
 def _tasks(engine: DifferentialEngine, tasks: Sequence[int] | None) -> list[int]:
@@ -59,7 +59,7 @@ def multitask_counts(engine: DifferentialEngine, x: Tensor, num: int, sigma: flo
     total = -(-num // batch_size)
     for batch in progress(noise_batches(x, num, sigma, batch_size, generator), desc, total):
         for c, logits in zip(counts, engine.forward(batch, ts)):
-            c += torch.bincount(logits.argmax(1).cpu(), minlength=c.numel())
+            c += class_counts(logits, c.numel())
     return counts
 
 
@@ -159,7 +159,7 @@ def trace_counts(engine: DifferentialEngine, trace: BaseTrace, tasks: Sequence[i
         if wants_input:
             rec = dict(rec, input=replay.get(j))
         for c, logits in zip(counts, engine.forward_from(rec, trace.x.shape, ts, "trace")):
-            c += torch.bincount(logits.argmax(1).cpu(), minlength=c.numel())
+            c += class_counts(logits, c.numel())
     return counts
 
 

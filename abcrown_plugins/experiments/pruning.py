@@ -7,11 +7,16 @@ rewinds the kept weights (``pruning.rewind``: to their initial values, to the de
 network after ``pruning.rewind_epoch`` epochs, or not at all: finetune mode) and trains
 again with the method's regulariser. After each round the network is evaluated: clean
 accuracy, PGD accuracy (re-checked counterexamples), verified accuracy (IBP, plus CROWN
-when ``verification.method`` is crown), time and peak memory of verification, and
+when ``verification.method`` is crown, plus α,β-CROWN's complete verification when it is
+abcrown), time and peak memory of verification, and
 instability pre-activation and pre-BN; a checkpoint with the metrics and mask is
 written. A run that is killed resumes: finished rounds are read back from their
 checkpoints and an unfinished round continues after its last epoch with the same
-numbers (every random choice is seeded from the config and the round).
+numbers (every random choice is seeded from the config and the round, the pruning
+step's included). The run folder records the run's identity (its settings and the
+content hash of ``model.checkpoint``); a resume with anything different is refused
+(:func:`~abcrown_plugins.experiments.rundir.claim_run_dir`), and so is a run whose
+``model.checkpoint`` does not fit the model, before the folder is claimed.
 
 The rounds follow the steps of a lottery-ticket runner, each a function here:
 :func:`initial_weights`, :func:`prune_level`, :func:`rewind`, :func:`train_level`,
@@ -25,6 +30,7 @@ certified lottery ticket.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -36,6 +42,8 @@ import torch
 from torch import nn
 
 from abcrown_plugins import checkpoints
+from abcrown_plugins.abcrown.abcrown_env import require_abcrown
+from abcrown_plugins.abcrown.verify import abcrown_verify
 from abcrown_plugins.attacks import pgd_accuracy
 from abcrown_plugins.bounds import lirpa_available
 from abcrown_plugins.bounds.lirpa import INSTALL_HINT
@@ -43,19 +51,22 @@ from abcrown_plugins.checkpoints import ModelMeta
 from abcrown_plugins.config import Config
 from abcrown_plugins.data import load_dataset
 from abcrown_plugins.errors import UserError
+from abcrown_plugins.executor import ExecutorSettings, ray_available
+from abcrown_plugins.executor.distributed import INSTALL_HINT as RAY_HINT
 from abcrown_plugins.experiments.pruning_summary import best_round, mark_lottery_tickets, write_summary
-from abcrown_plugins.experiments.rundir import claim_run_dir, run_dir
+from abcrown_plugins.experiments.rundir import checkpoint_identity, claim_run_dir, run_dir
 from abcrown_plugins.fileio import atomic_write_text
 from abcrown_plugins.models import model_for, model_meta
 from abcrown_plugins.pruning import Mask, PruneContext, get_method, initial_mask, prune, rewind_
+from abcrown_plugins.pruning.compaction import compact
 from abcrown_plugins.pruning.methods import PruningMethod, channel_mask_of
 from abcrown_plugins.regularizers import make_regularizer
 from abcrown_plugins.runtime import seed_everything, select_device, set_threads
 from abcrown_plugins.training import TrainSettings, ibp_init, make_objective, train
 from abcrown_plugins.verification import evaluate
 
-__all__ = ["PruningRun", "evaluate_level", "initial_weights", "last_checkpoint", "prune_level", "regularizers_for",
-           "rewind", "run_pruning", "save_level", "train_level"]
+__all__ = ["PruningRun", "evaluate_level", "initial_weights", "last_checkpoint", "load_start", "prune_level",
+           "regularizers_for", "rewind", "run_pruning", "save_level", "train_level"]
 
 
 def regularizers_for(cfg: Config, method) -> list:
@@ -81,6 +92,12 @@ def pruning_objective(settings: TrainSettings, num_classes: int):
 
 def _check_environment(cfg: Config) -> None:
     """Fail on settings this installation cannot run, before anything is written (key rules: config schema)."""
+    if cfg.verification.method == "abcrown":
+        require_abcrown()
+        if cfg.verification.abcrown_config and not Path(cfg.verification.abcrown_config).is_file():
+            raise UserError(f"verification.abcrown_config '{cfg.verification.abcrown_config}' not found")
+    if cfg.executor.kind == "ray" and not ray_available():
+        raise UserError(RAY_HINT)
     if cfg.training.method == "crown-ibp" and not lirpa_available():
         raise UserError(f"training.method crown-ibp needs auto_LiRPA: {INSTALL_HINT}")
     if cfg.verification.method == "crown" and not lirpa_available():
@@ -126,15 +143,20 @@ def initial_weights(run: PruningRun, model: nn.Module,
         model.load_state_dict(checkpoints.load(init_path)["state_dict"])
     else:
         if start is not None:
-            try:
-                model.load_state_dict(start.state_dict)
-            except RuntimeError as e:
-                raise UserError(f"model.checkpoint '{cfg.model.checkpoint}' does not fit model "
-                                f"'{cfg.model.arch}': {str(e).splitlines()[0]}") from None
+            load_start(cfg, model, start)
         elif cfg.training.method in ("ibp", "crown-ibp") and cfg.training.ibp_init:
             ibp_init(model)
         checkpoints.save(init_path, {"state_dict": model.state_dict()})
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def load_start(cfg: Config, model: nn.Module, start: checkpoints.ModelCheckpoint) -> None:
+    """Load ``model.checkpoint`` (read) into ``model``; a checkpoint of another shape is one line."""
+    try:
+        model.load_state_dict(start.state_dict)
+    except RuntimeError as e:
+        raise UserError(f"model.checkpoint '{cfg.model.checkpoint}' does not fit model "
+                        f"'{cfg.model.arch}': {str(e).splitlines()[0][:200]}") from None
 
 
 def prune_level(run: PruningRun, model: nn.Module, mask: Mask, r: int, init_state) -> Mask:
@@ -177,16 +199,35 @@ def train_level(run: PruningRun, model: nn.Module, mask: Mask, r: int,
                  on_epoch_end=on_epoch_end)
 
 
-def evaluate_level(run: PruningRun, model: nn.Module, r: int):
-    """Round ``r``'s verification result and PGD result (None when ``verification.pgd_steps`` is 0)."""
+def bound_method(method: str) -> str:
+    """The built-in bound method of ``verification.method`` (α,β-CROWN runs beside IBP)."""
+    return "ibp" if method == "abcrown" else method
+
+
+def evaluate_level(run: PruningRun, model: nn.Module, mask: Mask, r: int):
+    """Round ``r``'s verification, PGD (None when ``verification.pgd_steps`` is 0) and α,β-CROWN results.
+
+    With ``verification.method abcrown`` α,β-CROWN verifies the round's network (compacted
+    when channel-pruned) on the first ``verification.num_examples`` test images; its rows
+    go to ``round_R/abcrown.csv`` and its summary (:class:`~abcrown_plugins.abcrown.verify.AbcrownSummary`)
+    is returned third (None otherwise).
+    """
     v, seed = run.cfg.verification, run.cfg.general.seed
-    result = evaluate(model, run.test_set, v.eps, v.method, v.batch_size, v.num_examples, run.device,
+    result = evaluate(model, run.test_set, v.eps, bound_method(v.method), v.batch_size, v.num_examples, run.device,
                       desc=f"round {r} verify")
     pgd = None
     if v.pgd_steps > 0:
         pgd = pgd_accuracy(model, run.test_set, v.eps, v.pgd_steps, v.pgd_alpha * v.eps, v.pgd_restarts,
                            v.batch_size, v.num_examples, run.device, seed=seed * 1000003 + r, desc=f"round {r} pgd")
-    return result, pgd
+    complete = None
+    if v.method == "abcrown":
+        net = copy.deepcopy(model).cpu().eval()
+        if run.method.structure == "channels":
+            net = compact(net, channel_mask_of(net, mask)).eval()
+        _, complete = abcrown_verify(net, run.test_set, v.eps, v.num_examples, v.timeout, run.round_dir(r) / "abcrown",
+                                     v.abcrown_config, ExecutorSettings.from_config(run.cfg), ibp_model=model,
+                                     desc=f"round {r} α,β-CROWN")
+    return result, pgd, complete
 
 
 def save_level(run: PruningRun, model: nn.Module, mask: Mask, r: int, row: dict[str, Any],
@@ -217,9 +258,19 @@ def run_pruning(cfg: Config, out: Path | None = None) -> tuple[Path, list[dict[s
     test_set = load_dataset(d.dataset, "test", d.root, d.num_test, seed=cfg.general.seed)
     model = model_for(cfg.model.arch, train_set.info)
     start = checkpoints.read_model_checkpoint(cfg.model.checkpoint) if cfg.model.checkpoint else None
+    identity = {}
+    if start is not None:
+        load_start(cfg, model, start)
+        identity["model.checkpoint"] = checkpoint_identity(cfg.model.checkpoint)  # its content, not its path
     mask = initial_mask(method, model, cfg.pruning.scope)
-    claim_run_dir(out, cfg, "pruning")
+    with claim_run_dir(out, cfg, "pruning", identity):
+        return _run_rounds(cfg, out, device, method, train_set, test_set, model, start, mask)
 
+
+def _run_rounds(cfg: Config, out: Path, device: torch.device, method: PruningMethod, train_set, test_set,
+                model: nn.Module, start: checkpoints.ModelCheckpoint | None,
+                mask: Mask) -> tuple[Path, list[dict[str, Any]]]:
+    """The rounds of :func:`run_pruning`, in the claimed folder ``out``."""
     run = PruningRun(cfg=cfg, out=out, device=device, method=method, train_set=train_set, test_set=test_set,
                      settings=TrainSettings.from_config(cfg), regularizers=regularizers_for(cfg, method),
                      meta=model_meta(cfg.model.arch, train_set.info))
@@ -240,8 +291,10 @@ def run_pruning(cfg: Config, out: Path | None = None) -> tuple[Path, list[dict[s
             settings = rewind(run, model, mask, init_state)
         history = train_level(run, model, mask, r, settings)
         train_time = time.perf_counter() - start
-        result, pgd = evaluate_level(run, model, r)
+        result, pgd, complete = evaluate_level(run, model, mask, r)
         row = _row(r, method, model, mask, result, pgd, history, train_time, cfg.verification)
+        if complete is not None:
+            row.update(complete.columns())
         save_level(run, model, mask, r, row, history)
         rows.append(row)
         write_summary(cfg, out, rows)
@@ -285,7 +338,7 @@ def _row(r, method, model, mask, result, pgd, history, train_time, v) -> dict[st
             "remaining_weights": kept,
             "std_acc": result.std_acc, "pgd_acc": pgd.pgd_acc if pgd is not None else None,
             "verified_acc": result.verified_acc, "verified_acc_ibp": result.verified_acc_ibp, "eps": v.eps,
-            "verifier": v.method, "instability": result.instability, "unstable_ratio": result.unstable_ratio,
+            "verifier": bound_method(v.method), "instability": result.instability, "unstable_ratio": result.unstable_ratio,
             "instability_bn": result.instability_bn, "unstable_ratio_bn": result.unstable_ratio_bn,
             "train_acc": history[-1]["train_acc"] if history else None,
             "train_time_s": train_time, "verify_time_s": result.time_s,

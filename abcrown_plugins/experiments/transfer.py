@@ -2,7 +2,9 @@
 
 Layout of the output folder::
 
-    config.yaml, run.json              the resolved config and its hash (resumption guard)
+    config.yaml, run.json              the resolved config; the run's identity (its settings and the
+                                       content hash of model.checkpoint): a resume with anything
+                                       different is refused
     pretrain/checkpoint.pt             the base network (one head per pretraining attribute)
     TASK/RUN/checkpoint.pt             one downstream network per task and run, RUN in
                                        direct, dense, PATTERN-kK (e.g. unstructured-k0.04)
@@ -39,7 +41,7 @@ from abcrown_plugins.config import Config
 from abcrown_plugins.config.schema import DATASET_TASK
 from abcrown_plugins.data import ImageDataset, load_dataset
 from abcrown_plugins.errors import UserError
-from abcrown_plugins.experiments.rundir import claim_run_dir, run_dir
+from abcrown_plugins.experiments.rundir import checkpoint_identity, claim_run_dir, run_dir
 from abcrown_plugins.models import build, load_model, model_for, model_meta
 from abcrown_plugins.report import markdown_table, write_csv, write_markdown
 from abcrown_plugins.runtime import seed_everything, select_device, set_threads
@@ -125,10 +127,14 @@ def _pretrain(cfg: Config, out: Path, train_base, test_base, device) -> Path:
 
 def _downstream_model(run: TransferRun, info, seed: int) -> nn.Module:
     """The base network with a fresh, re-initialised classifier of ``info.num_classes`` outputs."""
-    arch = run.cfg.model.arch
+    return _downstream_model_of(run.cfg, run.base_checkpoint, info, seed)
+
+
+def _downstream_model_of(cfg: Config, base: checkpoints.ModelCheckpoint, info, seed: int) -> nn.Module:
+    arch = cfg.model.arch
     model = model_for(arch, info)
     cls = set(classifier_names(model))
-    state = {k: v for k, v in run.base_checkpoint.state_dict.items() if k not in cls}
+    state = {k: v for k, v in base.state_dict.items() if k not in cls}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) != cls:
         raise UserError(f"base checkpoint does not fit model '{arch}' (missing {sorted(missing)[:3]}, "
@@ -187,17 +193,22 @@ def run_transfer(cfg: Config, out: Path | None = None,
         if msg:
             warn(msg)
     given = checkpoints.read_model_checkpoint(cfg.model.checkpoint) if cfg.model.checkpoint else None
-    claim_run_dir(out, cfg, "transfer")
-    base = given or checkpoints.read_model_checkpoint(_pretrain(cfg, out, train_base, test_base, device))
-    run = TransferRun(cfg=cfg, out=out, device=device, base_checkpoint=base,
-                      base_model=load_model(base, device=device).model, smoothing=smoothing)
-    rows = []
-    for name in t.tasks:
-        task = _task(cfg, name, train_base, test_base)
-        for run_name, pattern, k in _runs(cfg):
-            rows.append(_one_run(run, task, run_name, pattern, k))
-            write_csv(out / "summary.csv", rows, SUMMARY_COLUMNS)
-    write_markdown(out / "summary.md", _summary_text(cfg, rows, smoothing))
+    identity = {}
+    if given is not None:
+        with torch.random.fork_rng(devices=[]):  # a base that does not fit fails here, before the claim
+            _downstream_model_of(cfg, given, train_base.info, cfg.general.seed)
+        identity["model.checkpoint"] = checkpoint_identity(cfg.model.checkpoint)  # its content, not its path
+    tasks = [_task(cfg, name, train_base, test_base) for name in t.tasks]  # bad tasks fail before the claim
+    with claim_run_dir(out, cfg, "transfer", identity):
+        base = given or checkpoints.read_model_checkpoint(_pretrain(cfg, out, train_base, test_base, device))
+        run = TransferRun(cfg=cfg, out=out, device=device, base_checkpoint=base,
+                          base_model=load_model(base, device=device).model, smoothing=smoothing)
+        rows = []
+        for task in tasks:
+            for run_name, pattern, k in _runs(cfg):
+                rows.append(_one_run(run, task, run_name, pattern, k))
+                write_csv(out / "summary.csv", rows, SUMMARY_COLUMNS)
+        write_markdown(out / "summary.md", _summary_text(cfg, rows, smoothing))
     return out, rows
 
 

@@ -7,10 +7,23 @@ Layout written by :func:`export_benchmark`::
     DIR/instances.csv            onnx/NET.onnx,vnnlib/PROP.vnnlib,TIMEOUT   (no header)
     DIR/generate_properties.py   `python generate_properties.py SEED` redraws the properties
     DIR/benchmark.json           the settings generate_properties.py reads
+    DIR/data/test_images.npy     the test split the properties are drawn from (uint8 N x C x H x W)
+    DIR/data/test_labels.npy     its labels (int64 N): the labels of the task the network classifies
 
-Properties are drawn by a seeded permutation of the test split; images the
-ONNX network misclassifies are skipped (their property would be trivially
-sat), so every instance is a real robustness question.
+The folder is self-contained: ``generate_properties.py`` is
+:mod:`.generate_properties_template`, which needs numpy and onnxruntime only, and
+:func:`generate_properties` runs the same code. Properties are drawn by a seeded
+permutation of the test split; images the ONNX network misclassifies are skipped
+(their property would be trivially sat), so every instance is a real robustness
+question. A transfer checkpoint's test split carries its task's labels when the
+caller says how to get them (``dataset_for``, :func:`abcrown_plugins.experiments.run_export`),
+else it is refused with one line.
+
+Nothing is half-written: the folder is built in a hidden sibling
+(``.DIR.tmp-*``) and renamed into place at the end, under a lock (``.DIR.lock``)
+that keeps two exports apart; an export killed before its rename leaves a
+sibling the next export of ``DIR`` removes. Redrawing writes the new properties
+beside the old ones and commits them by replacing ``instances.csv``.
 """
 
 from __future__ import annotations
@@ -18,24 +31,32 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
-from abcrown_plugins.config.kinds import Eps, KindError
-from abcrown_plugins.data import load_dataset
+from abcrown_plugins.checkpoints import ModelMeta
+from abcrown_plugins.config.kinds import Eps, Float, KindError, parse_value
+from abcrown_plugins.data import ImageDataset, load_dataset
 from abcrown_plugins.errors import UserError
-from abcrown_plugins.export.onnx_io import export_onnx, onnx_session, run_onnx
-from abcrown_plugins.export.vnnlib import write_robustness_vnnlib
-from abcrown_plugins.fileio import atomic_write_text
+from abcrown_plugins.export import generate_properties_template as standalone
+from abcrown_plugins.export.onnx_io import export_onnx
+from abcrown_plugins.fileio import (
+    FileLock,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    make_temp_dir,
+    new_file_mode,
+    remove_stale_temps,
+    write_error,
+)
 from abcrown_plugins.models import load_model
-from abcrown_plugins.runtime import progress
 
 MAX_TOTAL_TIMEOUT_S = 6 * 3600
-TEMPLATE = Path(__file__).with_name("generate_properties_template.py")
+TEMPLATE = Path(standalone.__file__)
 
 
 def parse_eps(text: str | float) -> float:
@@ -45,105 +66,122 @@ def parse_eps(text: str | float) -> float:
         raise UserError(f"eps: {e}") from None
 
 
+def _test_split(meta: ModelMeta, data_root: str | None,
+                dataset_for: Callable[[ModelMeta], ImageDataset] | None) -> ImageDataset:
+    """The test split the checkpoint's network classifies (its task's labels for a transfer checkpoint)."""
+    if dataset_for is not None:
+        test = dataset_for(meta)
+    elif meta.task is not None:
+        what = f"attribute task '{meta.task.attribute}'" if meta.task.attribute else "a multi-head base network"
+        raise UserError(f"the checkpoint classifies {what} of {meta.task.base_dataset}, not {meta.dataset}'s "
+                        "labels; export a plain checkpoint, or call abcrown_plugins.experiments.run_export")
+    else:
+        test = load_dataset(meta.dataset, "test", data_root)
+    if test.info.shape != tuple(meta.input_shape) or test.info.num_classes != meta.num_classes:
+        raise UserError(f"the checkpoint's network takes {tuple(meta.input_shape)} images with {meta.num_classes} "
+                        f"classes but its test split {test.info.name} has {test.info.shape} and "
+                        f"{test.info.num_classes}; pass the checkpoint of that data set")
+    return test
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    atomic_write_bytes(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
 def export_benchmark(checkpoint: str | Path, out: str | Path, n: int, eps: float, seed: int, timeout: float = 60.0,
-                     data_root: str | None = None, force: bool = False) -> dict[str, Any]:
+                     data_root: str | None = None, force: bool = False,
+                     dataset_for: Callable[[ModelMeta], ImageDataset] | None = None) -> dict[str, Any]:
     """Write a benchmark folder for ``checkpoint`` (a path or ``zoo:NAME``) at ``out``; returns a summary dict.
 
-    The folder appears complete or not at all: it is built in a temporary
-    sibling folder and renamed at the end.
+    ``dataset_for(meta)``: the test split the network classifies (default: the
+    checkpoint's data set; a transfer checkpoint needs it). The folder appears
+    complete or not at all (module docstring).
     """
     out = Path(out)
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
+    timeout = parse_value(Float(), timeout, "--timeout")
     if timeout <= 0:
-        raise UserError(f"--timeout must be positive, got {timeout}")
+        raise UserError(f"--timeout must be positive, got {timeout:g}")
     if n * timeout > MAX_TOTAL_TIMEOUT_S:
         raise UserError(f"{n} instances x {timeout:g} s = {n * timeout / 3600:.1f} h exceeds VNN-COMP's 6 h per "
                         "benchmark; lower --n or --timeout")
-    if out.exists() and any(out.iterdir()) and not force:
+    if seed < 0:
+        raise UserError(f"--seed must be an integer >= 0, got {seed}")
+    if not 0 <= eps < 1:
+        raise UserError(f"--eps must be in [0, 1) (pixels in [0,1], e.g. 2/255), got {eps:g}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder '{out}' is a file; pass another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"output folder '{out}' exists and is not empty; pass --force to replace it")
     loaded = load_model(checkpoint, compact=True)
     model, meta, compacted = loaded.model, loaded.meta, loaded.compacted
+    test = _test_split(meta, data_root, dataset_for)
     shape = meta.input_shape
     net = f"{meta.arch}_{meta.dataset}" + ("_compact" if compacted else "")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        max_diff = export_onnx(model, tmp / "onnx" / f"{net}.onnx", shape)
-        settings = {"onnx": f"onnx/{net}.onnx", "dataset": meta.dataset, "data_root": data_root,
-                    "num_classes": meta.num_classes, "input_shape": list(shape), "eps": eps, "n": n,
-                    "timeout": timeout, "checkpoint": str(loaded.path.resolve()), "compacted": compacted,
-                    "onnx_max_abs_diff": max_diff}
-        atomic_write_text(tmp / "benchmark.json", json.dumps(settings, indent=2) + "\n")
-        shutil.copyfile(TEMPLATE, tmp / "generate_properties.py")
-        os.chmod(tmp / "generate_properties.py", 0o755)
-        drawn = generate_properties(tmp, seed)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out, e) from None
+    lock = FileLock(out.parent / f".{out.name}.lock", f"output folder '{out}' is being exported by another run; "
+                                                      "wait for it to end or pass another --out")
+    try:
+        remove_stale_temps(out.parent, prefix=f".{out.name}.tmp-", suffix="", recursive=False)
+        tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
+        try:
+            max_diff = export_onnx(model, tmp / "onnx" / f"{net}.onnx", shape)
+            settings = {"onnx": f"onnx/{net}.onnx", "dataset": test.info.name, "num_classes": meta.num_classes,
+                        "input_shape": list(shape), "eps": eps, "n": n, "timeout": timeout,
+                        "data": [standalone.DATA_IMAGES, standalone.DATA_LABELS],
+                        "checkpoint": str(loaded.path.resolve()), "checkpoint_sha256": file_sha256(loaded.path),
+                        "compacted": compacted, "onnx_max_abs_diff": max_diff}
+            atomic_write_text(tmp / "benchmark.json", json.dumps(settings, indent=2) + "\n")
+            _save_array(tmp / standalone.DATA_IMAGES, test.images.numpy())
+            _save_array(tmp / standalone.DATA_LABELS, test.labels.numpy())
+            script = tmp / "generate_properties.py"
+            atomic_write_bytes(script, lambda f: f.write(TEMPLATE.read_bytes()))
+            os.chmod(script, new_file_mode() | ((new_file_mode() & 0o444) >> 2))  # executable where readable
+            drawn = generate_properties(tmp, seed)
+            _swap_in(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except OSError as e:
+        raise write_error(out, e) from None
+    finally:
+        (out.parent / f".{out.name}.lock").unlink(missing_ok=True)
+        lock.release()
     return {**settings, "out": str(out), "instances": len(drawn), "seed": seed, "indices": drawn}
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``; an old ``out`` is moved aside first, then removed."""
+    if out.exists():
+        old = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
+        os.replace(out, old / "old")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
 
 
 def generate_properties(folder: str | Path, seed: int) -> list[int]:
     """(Re)draw the properties of a benchmark folder; returns the test indices used.
 
-    Draws test images in the order of a permutation seeded by ``seed``, keeps
-    those the ONNX network classifies correctly, and stops at ``n``.
+    The code of the folder's ``generate_properties.py``
+    (:func:`.generate_properties_template.draw`): test images in the order of a
+    permutation seeded by ``seed``, those the ONNX network classifies correctly,
+    up to ``n``; the old properties stay until the new ones are complete.
     """
-    folder = Path(folder)
-    settings_path = folder / "benchmark.json"
-    if not settings_path.is_file():
-        raise UserError(f"'{folder}' has no benchmark.json; it was not written by abcrown-plugins export")
-    s = json.loads(settings_path.read_text())
-    test = load_dataset(s["dataset"], "test", s.get("data_root"))
-    session = onnx_session(folder / s["onnx"])
-    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(int(seed))).tolist()
-    vnn_dir = folder / "vnnlib"
-    if vnn_dir.exists():
-        shutil.rmtree(vnn_dir)
-    vnn_dir.mkdir()
-    rows, used = [], []
-    bar = progress(order, desc="draw properties", total=len(order))
-    for idx in bar:
-        x, y = test[idx]
-        logits = run_onnx(session, x.unsqueeze(0).numpy())
-        if int(np.argmax(logits)) != int(y):
-            continue
-        name = f"vnnlib/{s['dataset']}_idx{idx}_eps{s['eps']:.6g}.vnnlib"
-        write_robustness_vnnlib(folder / name, x, int(y), float(s["eps"]), int(s["num_classes"]),
-                                comment=f"{s['dataset']} test image {idx}, seed {seed}")
-        rows.append(f"{s['onnx']},{name},{s['timeout']:g}")
-        used.append(idx)
-        if len(used) == int(s["n"]):
-            break
-    if hasattr(bar, "close"):
-        bar.close()
-    if len(used) < int(s["n"]):
-        raise UserError(f"only {len(used)} of the {len(test)} test images are classified correctly; "
-                        f"lower --n to at most {len(used)}")
-    atomic_write_text(folder / "instances.csv", "\n".join(rows) + "\n")
-    return used
-
-
-def generate_properties_main(folder: Path, argv: Sequence[str]) -> int:
-    """Entry point of a benchmark folder's generate_properties.py."""
-    import sys
-
-    if len(argv) != 1:
-        print("usage: python generate_properties.py SEED", file=sys.stderr)
-        return 2
     try:
-        seed = int(argv[0])
-    except ValueError:
-        print(f"error: SEED must be an integer, got {argv[0]!r}", file=sys.stderr)
-        return 2
-    try:
-        used = generate_properties(folder, seed)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(used)} properties to {folder / 'vnnlib'} and {folder / 'instances.csv'} (seed {seed})")
-    return 0
+        return standalone.draw(folder, seed)
+    except standalone.BenchmarkError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise write_error(Path(folder) / "instances.csv", e) from None
+
+
+def generate_properties_main(folder: Path, argv: list[str]) -> int:
+    """What the ``generate_properties.py`` of folders exported before they carried their own code calls:
+    the folder's code now (such a folder lacks ``data/`` and is told, in one line, to be exported again)."""
+    return standalone.main(list(argv), Path(folder))

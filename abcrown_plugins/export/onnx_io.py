@@ -4,8 +4,9 @@ The exported graph takes [0,1] pixels (normalisation inside, a 1x1 convolution),
 has BatchNorm in eval form (folded into the convolutions by constant folding), a
 fixed batch of 1 and opset >= 13; every constant tensor is an initializer (the
 converters α,β-CROWN uses read convolution weights from initializers only). ``export_onnx`` refuses to leave a file behind unless
-``onnx.checker`` passes and onnxruntime's outputs equal torch's within
-``tol`` on random inputs.
+``onnx.checker`` passes and onnxruntime's logits equal torch's on random inputs
+(:func:`abcrown_plugins.numerics.compare_logits`: finite, within
+``atol + rtol * max|logit|``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from abcrown_plugins.fileio import new_file_mode
+from abcrown_plugins.numerics import LOGITS_ATOL, LOGITS_RTOL, compare_logits
 
 OPSET = 17
 
@@ -54,11 +58,13 @@ def constants_to_initializers(graph) -> int:
     return moved
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], tol: float = 1e-5,
-                checks: int = 8, seed: int = 0) -> float:
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], atol: float = LOGITS_ATOL,
+                rtol: float = LOGITS_RTOL, checks: int = 8, seed: int = 0) -> float:
     """Export ``model`` (eval) for inputs of ``input_shape`` (C,H,W); returns the max |onnx - torch| seen.
 
-    Raises RuntimeError (and writes nothing) if the checker fails or the outputs differ by more than ``tol``.
+    The file gets the permissions the umask gives a new file. Raises (and writes
+    nothing) if the checker fails, or UserError if the logits of ``checks`` random
+    inputs are not finite or differ by more than ``atol + rtol * max|torch logit|``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,15 +83,15 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
         onnx.checker.check_model(proto, full_check=True)
         session = onnx_session(tmp)
         gen = torch.Generator().manual_seed(seed)
-        worst = 0.0
+        refs, gots = [], []
         with torch.no_grad():
             for _ in range(checks):
                 x = torch.rand(1, *input_shape, generator=gen)
-                ref = model(x).numpy()
-                got = run_onnx(session, x.numpy())
-                worst = max(worst, float(np.abs(ref - got).max()))
-        if worst > tol:
-            raise RuntimeError(f"ONNX output differs from torch by {worst:.3g} > {tol}")
+                refs.append(model(x).numpy())
+                gots.append(run_onnx(session, x.numpy()))
+        worst = compare_logits(np.concatenate(refs), np.concatenate(gots),
+                               f"ONNX export '{path.name}' (onnxruntime vs torch)", atol, rtol)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
         return worst
     finally:

@@ -17,32 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from abcrown_plugins.export.generate_properties_template import robustness_vnnlib
 from abcrown_plugins.fileio import atomic_write_text
-
-
-def _num(v: float) -> str:
-    return repr(float(v))  # shortest round-trip repr: the box is written exactly
 
 
 def write_robustness_vnnlib(path: str | Path, x: torch.Tensor, label: int, eps: float, num_classes: int,
                             data_min: float = 0.0, data_max: float = 1.0, comment: str = "") -> None:
+    """Write the property of image ``x`` atomically (the text: :func:`.generate_properties_template.robustness_vnnlib`,
+    the code every benchmark folder carries)."""
     flat = x.detach().double().flatten().cpu().numpy()
-    lower = np.clip(flat - eps, data_min, data_max).astype(np.float32)
-    upper = np.clip(flat + eps, data_min, data_max).astype(np.float32)
-    lines = [f"; {line}" for line in comment.splitlines()]
-    lines += [f"; local robustness: label {label}, L-inf eps {eps!r}, box clipped to [{data_min}, {data_max}]", ""]
-    lines += [f"(declare-const X_{i} Real)" for i in range(flat.size)]
-    lines.append("")
-    lines += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
-    lines += ["", "; input box"]
-    for i in range(flat.size):
-        lines.append(f"(assert (<= X_{i} {_num(upper[i])}))")
-        lines.append(f"(assert (>= X_{i} {_num(lower[i])}))")
-    lines += ["", "; violation: some other class scores at least the label"]
-    lines.append("(assert (or")
-    lines += [f"    (and (>= Y_{j} Y_{label}))" for j in range(num_classes) if j != label]
-    lines.append("))")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, robustness_vnnlib(flat, label, eps, num_classes, data_min, data_max, comment))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ the regulariser it trains with (:mod:`abcrown_plugins.regularizers`). The schedu
 (iterations, rates, rewinding) is the experiment's (:mod:`abcrown_plugins.experiments.pruning`).
 
 ``prune(method, model, mask, ctx) -> Mask`` is a pure function: it never changes
-``model`` and returns a subset of ``mask``. Unstructured methods remove exactly
+``model`` and returns a subset of ``mask``; its random numbers come from ``(ctx.seed,
+ctx.round)`` only (:meth:`PruneContext.seeded_global_rng`), so a killed run that prunes a
+round again gets the same mask. Unstructured methods remove exactly
 ``round(ctx.rate * kept)`` weights (global) or that per layer (layerwise); channel
 methods remove ``round(ctx.channel_rate * kept channels)`` channels and return the
 weight mask that zeroes their filters, biases and BatchNorm entries.
@@ -104,16 +106,22 @@ def initial_mask(method: str | PruningMethod, model: nn.Module, scope: str = "co
     return Mask.ones_like(model, scope)
 
 
+def method_scores(method: str | PruningMethod, model: nn.Module, mask: Mask, ctx: PruneContext) -> dict[str, Tensor]:
+    """The importance scores ``method``'s criterion gives, with torch's global generator seeded from
+    ``(ctx.seed, ctx.round)`` for the call (objectives with random starts draw from it)."""
+    m = get_method(method) if isinstance(method, str) else method
+    with ctx.seeded_global_rng(salt=51):
+        return get_criterion(m.criterion).fn(model, mask, ctx)
+
+
 def prune(method: str | PruningMethod, model: nn.Module, mask: Mask, ctx: PruneContext) -> Mask:
     """One pruning step of ``method``: a subset of ``mask``; ``model`` is not changed."""
     m = get_method(method) if isinstance(method, str) else method
     mask.validate(model)
-    criterion = get_criterion(m.criterion)
+    scores = method_scores(m, model, mask, ctx)
     if m.structure == "weights":
-        scores = criterion.fn(model, mask, ctx)
         return prune_unstructured(scores, mask, ctx.rate, ctx.strategy)
     cmask = channel_mask_of(model, mask)
-    scores = criterion.fn(model, mask, ctx)
     new_cmask = prune_channels_by_score(model, cmask, scores, ctx.channel_rate, ctx.strategy)
     # refill: every weight of a kept channel is kept again (StructLTH); for slim this is the same mask
     new = channel_to_weight_mask(model, new_cmask)

@@ -13,10 +13,10 @@ from abcrown_plugins.fileio import atomic_write_bytes
 __all__ = ["new_figure", "plot_xy", "save_figure"]
 
 
-def new_figure(figsize: tuple[float, float] = (6, 4), dpi: int = 120) -> tuple[Figure, Any]:
-    """A figure with one axes: ``(fig, ax)``."""
+def new_figure(figsize: tuple[float, float] = (6, 4), dpi: int = 120, ncols: int = 1) -> tuple[Figure, Any]:
+    """A figure with ``ncols`` axes side by side: ``(fig, ax)`` (``ax`` an array when ``ncols > 1``)."""
     fig = Figure(figsize=figsize, dpi=dpi)
-    return fig, fig.subplots()
+    return fig, fig.subplots(ncols=ncols)
 
 
 def plot_xy(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,

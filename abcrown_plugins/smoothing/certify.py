@@ -43,6 +43,7 @@ __all__ = [
     "SmoothingResult",
     "certify",
     "check_settings",
+    "class_counts",
     "decide",
     "max_certifiable_radius",
     "noise_batches",
@@ -161,17 +162,33 @@ def noise_batches(x: Tensor, num: int, sigma: float, batch_size: int,
         remaining -= b
 
 
+def class_counts(logits: Tensor, num_classes: int) -> Tensor:
+    """Per-class counts (``int64``, length ``num_classes``, CPU) of ``logits.argmax(1)``, logits ``B x classes``.
+
+    Refuses (UserError) logits with a NaN or infinity: their argmax would be an
+    arbitrary class (NaN counts as the largest) and the certificate built on it
+    a confident wrong answer.
+    """
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).any(1).sum())
+        raise UserError(f"the network's logits are not finite (NaN or inf) on {bad} of {logits.shape[0]} noisy "
+                        f"inputs, so no class can be counted; check the network's weights (or lower "
+                        f"smoothing.sigma if they are huge)")
+    return torch.bincount(logits.argmax(1).cpu(), minlength=num_classes)
+
+
 @torch.no_grad()
 def sample_counts(forward: Forward, x: Tensor, num: int, sigma: float, num_classes: int, batch_size: int,
                   generator: torch.Generator) -> Tensor:
-    """Per-class counts (``int64``, length ``num_classes``, on the CPU) of ``argmax forward(x + noise)``."""
+    """Per-class counts (``int64``, length ``num_classes``, on the CPU) of ``argmax forward(x + noise)``;
+    non-finite logits are refused (:func:`class_counts`)."""
     counts = torch.zeros(num_classes, dtype=torch.int64)
     for batch in noise_batches(x, num, sigma, batch_size, generator):
         logits = forward(batch)
         if logits.dim() != 2 or logits.shape != (batch.shape[0], num_classes):
             raise ValueError(f"forward returned shape {tuple(logits.shape)}, expected "
                              f"({batch.shape[0]}, {num_classes})")
-        counts += torch.bincount(logits.argmax(1).cpu(), minlength=num_classes)
+        counts += class_counts(logits, num_classes)
     return counts
 
 

@@ -30,8 +30,8 @@ from abcrown_plugins.report import markdown_table, new_figure, save_figure, writ
 from abcrown_plugins.runtime import progress
 from abcrown_plugins.smoothing.certify import ABSTAIN, certify, check_settings
 
-__all__ = ["COLUMNS", "SmoothingSettings", "certified_accuracy", "certify_dataset", "example_indices",
-           "read_tsv", "write_report"]
+__all__ = ["COLUMNS", "SmoothingSettings", "certified_accuracy", "certify_dataset", "certify_example",
+           "example_indices", "open_tsv", "read_tsv", "write_report", "write_tsv"]
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 
@@ -102,18 +102,13 @@ def _write_tsv(path: Path, header: str, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def certify_dataset(forward: Callable[[Tensor], Tensor], dataset, settings: SmoothingSettings, out_dir: str | Path,
-                    device: torch.device | str = "cpu", seed: int = 0, tag: str = "",
-                    desc: str = "certify") -> list[dict[str, Any]]:
-    """Certify ``dataset`` (an :class:`~abcrown_plugins.data.ImageDataset`) into ``out_dir/certify.tsv``.
+def open_tsv(out_dir: str | Path, settings: SmoothingSettings, seed: int, tag: str) -> tuple[Path, str, list[dict]]:
+    """``(path, header, rows already certified)`` of ``out_dir/certify.tsv``.
 
-    ``forward`` maps noisy inputs on ``device`` to logits (the caller puts a model
-    in eval mode). ``tag`` (e.g. the checkpoint) goes into the TSV's comment line;
-    a TSV whose comment differs (other settings) is refused instead of mixed.
-    Returns every row, old and new, in index order.
+    A TSV whose comment line differs (other settings, seed or tag) is refused
+    instead of mixed.
     """
-    out_dir = Path(out_dir)
-    path = out_dir / "certify.tsv"
+    path = Path(out_dir) / "certify.tsv"
     header = _header(settings, seed, tag)
     rows: list[dict[str, Any]] = []
     if path.is_file():
@@ -121,17 +116,41 @@ def certify_dataset(forward: Callable[[Tensor], Tensor], dataset, settings: Smoo
         if old_header != header:
             raise UserError(f"'{path}' was written with other settings ({old_header[2:90]}...); "
                             f"pass another --output or delete it")
+    return path, header, rows
+
+
+def write_tsv(path: Path, header: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Write the rows (sorted by index) under ``header``, atomically."""
+    _write_tsv(path, header, sorted(rows, key=lambda r: r["idx"]))
+
+
+def certify_example(forward: Callable[[Tensor], Tensor], dataset, idx: int, settings: SmoothingSettings,
+                    device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """The TSV row of example ``idx``; its noise comes from a generator seeded by ``(seed, idx)`` only."""
+    device = torch.device(device)
+    x, label = dataset[idx]
+    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + idx)
+    res = certify(forward, x.to(device), settings.n0, settings.n, settings.alpha, settings.sigma,
+                  dataset.info.num_classes, settings.batch_size, generator)
+    return {"idx": idx, "label": int(label), "predict": res.prediction, "radius": res.radius,
+            "correct": int(res.prediction == label and res.prediction != ABSTAIN), "time": res.time_s}
+
+
+def certify_dataset(forward: Callable[[Tensor], Tensor], dataset, settings: SmoothingSettings, out_dir: str | Path,
+                    device: torch.device | str = "cpu", seed: int = 0, tag: str = "",
+                    desc: str = "certify") -> list[dict[str, Any]]:
+    """Certify ``dataset`` (an :class:`~abcrown_plugins.data.ImageDataset`) into ``out_dir/certify.tsv``, in this process.
+
+    ``forward`` maps noisy inputs on ``device`` to logits (the caller puts a model
+    in eval mode). ``tag`` (e.g. the checkpoint) goes into the TSV's comment line
+    (:func:`open_tsv`). The TSV is rewritten after every example. Returns every
+    row, old and new, in index order.
+    """
+    path, header, rows = open_tsv(out_dir, settings, seed, tag)
     done = {r["idx"] for r in rows}
     todo = [i for i in example_indices(len(dataset), settings.skip, settings.num_examples) if i not in done]
-    num_classes = dataset.info.num_classes
-    device = torch.device(device)
     for idx in progress(todo, desc=desc, total=len(todo)):
-        x, label = dataset[idx]
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + idx)
-        res = certify(forward, x.to(device), settings.n0, settings.n, settings.alpha, settings.sigma, num_classes,
-                      settings.batch_size, generator)
-        rows.append({"idx": idx, "label": label, "predict": res.prediction, "radius": res.radius,
-                     "correct": int(res.prediction == label and res.prediction != ABSTAIN), "time": res.time_s})
+        rows.append(certify_example(forward, dataset, idx, settings, device, seed))
         rows.sort(key=lambda r: r["idx"])
         _write_tsv(path, header, rows)
     if not path.is_file():

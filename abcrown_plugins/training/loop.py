@@ -21,10 +21,15 @@ every hook's ``after_step``. After every epoch ``on_epoch_end(epoch, model)`` ru
 ``state_path``; a run started again with the same ``run_key`` continues after the last
 completed epoch and computes the same numbers as one that was never interrupted, as long
 as the step and the hooks depend only on ``(epoch, step)`` and on state they save.
+
+A run that diverges stops with a UserError: a non-finite batch sum (loss) is caught
+before its optimiser step, a non-finite weight or buffer at the end of the epoch before
+``on_epoch_end`` and the state write, so the state on disk stays the last good epoch's.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +40,13 @@ import torch
 from torch import Tensor, nn
 
 from abcrown_plugins import checkpoints
+from abcrown_plugins.errors import UserError
+from abcrown_plugins.numerics import require_finite
 from abcrown_plugins.runtime import progress
+
+#: How a diverged run is told to go on (loop errors end with it).
+DIVERGED_FIX = ("nothing of this epoch was saved; lower the learning rate or turn on gradient clipping "
+                "(training.grad_clip), then run again")
 
 __all__ = ["BatchStep", "LoopHook", "LoopSettings", "epoch_seed", "resume_state", "run_epochs"]
 
@@ -154,6 +165,10 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, step: BatchSt
             if noise_gen is not None:
                 x = x + s.noise_sigma * torch.randn(x.shape, generator=noise_gen, device=x.device)
             stats = step(model, x, y, zero_grad, epoch, i)
+            for name in step.columns:
+                if not math.isfinite(stats[name]):
+                    raise UserError(f"{desc}: training diverged in epoch {epoch + 1}, batch {i + 1}: {name} is "
+                                    f"{stats[name]}; {DIVERGED_FIX}")
             for hook in hooks:
                 hook.after_backward(model, epoch * s.steps_per_epoch + i)
             if s.grad_clip > 0:
@@ -166,6 +181,8 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, step: BatchSt
             seen += x.shape[0]
         row: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
                                **step.epoch_row(epoch), "time_s": time.perf_counter() - t0}
+        require_finite(model.state_dict(), f"{desc}: the network after epoch {epoch + 1}",
+                       f"training diverged; {DIVERGED_FIX}")
         history.append(row)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)

@@ -3,7 +3,8 @@
 An example counts as verified at L-inf radius ``eps`` when the lower bound of
 every margin ``f_label - f_j`` over the clipped eps-ball is positive, and it
 is only counted if also correctly classified (a verified example is always
-clean-correct for sound bounds; the check guards against a broken bound).
+clean-correct for sound bounds; the check guards against a broken bound). A network
+whose logits are NaN or infinite is refused (UserError), not counted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from abcrown_plugins.bounds import (
     pre_bn_stability,
 )
 from abcrown_plugins.bounds.stability import merge
+from abcrown_plugins.numerics import require_finite
 from abcrown_plugins.runtime import progress
 from abcrown_plugins.verification.memory import PeakMemory
 
@@ -67,7 +69,10 @@ def _evaluate(model, data, eps, method, batch_size, device, desc, num_classes) -
     stab, stab_bn = [], []
     bounder = None
     for x, y in progress(data.batches(batch_size, device=device), desc=desc, total=data.num_batches(batch_size)):
-        pred = model(x).argmax(1)
+        logits = model(x)
+        require_finite({"logits": logits}, "the network's output on the test images",
+                       "a NaN/inf network has no accuracy to verify: check its weights")
+        pred = logits.argmax(1)
         ok = pred == y
         spec = margin_spec(y, num_classes)
         lower, upper = input_box(x, eps)

@@ -112,3 +112,14 @@ def test_instances_parsing(tmp_path):
     (tmp_path / "instances.csv").write_text("onnx/a.onnx,vnnlib/p.vnnlib\n")
     with pytest.raises(UserError, match="instances.csv:1"):
         read_instances(tmp_path)
+
+
+@pytest.mark.parametrize("args,expected", [(["--timeout-scale", "nan"], "--timeout-scale"),
+                                           (["--timeout-scale", "-1"], "--timeout-scale"),
+                                           (["--limit", "0"], "--limit")])
+def test_vnncomp_run_refuses_bad_numbers_in_one_line(tmp_path, capsys, args, expected):
+    from abcrown_plugins.cli import main
+
+    assert main(["vnncomp", "run", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]

@@ -12,7 +12,7 @@ PACKAGE = Path(abcrown_plugins.__file__).parent
 #: Bottom to top. A module may import from its own sub-package and from lower layers only.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("fileio", "runtime"),
+    ("fileio", "runtime", "numerics"),
     ("config", "checkpoints"),
     ("data", "bounds", "attacks", "report", "pruning", "executor"),
     ("regularizers", "smoothing", "models"),

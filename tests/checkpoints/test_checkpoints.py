@@ -74,3 +74,31 @@ def test_zoo_prefix_names_shipped_checkpoints():
         checkpoints.read_model_checkpoint("zoo:no_such.pt")
     with pytest.raises(UserError, match="not found"):
         checkpoints.read_model_checkpoint("zoo:no_such")
+
+
+META = {"arch": "cnn_small", "dataset": "synthetic", "num_classes": 10, "channels": 3, "input_size": 32,
+        "mean": [0.5], "std": [0.2]}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", ["layers.0.weight", "layers.1.running_var"])
+def test_non_finite_weight_or_buffer_is_refused_naming_the_tensor(tmp_path, bad, name):
+    p = tmp_path / "c.pt"
+    state = {"layers.0.weight": torch.ones(4, 3), "layers.1.running_var": torch.ones(4),
+             "layers.1.num_batches_tracked": torch.tensor(3)}
+    state[name].view(-1)[1] = bad
+    checkpoints.save_model_checkpoint(p, state, META)
+    with pytest.raises(UserError) as e:
+        checkpoints.read_model_checkpoint(p)
+    msg = str(e.value)
+    assert f"'{name}'" in msg and "non-finite" in msg and "(1 of " in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("field,value", [("eps", float("nan")), ("eps", float("inf")), ("eps", -0.1),
+                                         ("mean", [float("nan")]), ("std", [0.0]), ("std", [float("inf")])])
+def test_non_finite_metadata_is_refused(tmp_path, field, value):
+    p = tmp_path / "c.pt"
+    checkpoints.save(p, {"format": checkpoints.FORMAT, "state_dict": {"w": torch.ones(1)},
+                         "meta": {**META, field: value}})
+    with pytest.raises(UserError, match="malformed metadata"):
+        checkpoints.read_model_checkpoint(p)

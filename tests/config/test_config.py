@@ -113,3 +113,36 @@ def test_hash_pinned_and_ignores_output():
 
 
 PINNED_HASH = "11430a3081"
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "{}\n"])
+def test_empty_config_file_is_an_error_naming_it(tmp_path, text):
+    p = write(tmp_path, text, "empty.yaml")
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and "empty" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_given_keys_are_told_apart_from_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "verification:\n  eps: 2/255\n"), [("training.epochs", 3)])
+    assert cfg.is_given("verification.eps") and cfg.is_given("training.epochs")
+    assert not cfg.is_given("training.eps")
+    assert cfg == default_config().replace(training={"epochs": 3})  # given-ness never changes equality or hash
+    assert cfg.hash() == default_config().replace(training={"epochs": 3}).hash()
+    assert cfg.replace(training={"eps": 0.1}).is_given("training.eps")
+    assert not default_config().is_given("verification.eps")
+
+
+@pytest.mark.parametrize("method,epochs,warmup,ramp,warns", [
+    ("ibp", 3, 1, 5, True), ("crown-ibp", 5, 1, 5, True), ("fgsm", 2, 1, 5, True),
+    ("ibp", 6, 1, 5, False), ("ibp", 10, 1, 5, False), ("standard", 1, 1, 5, False),
+])
+def test_warning_when_training_ends_before_the_eps_ramp(method, epochs, warmup, ramp, warns):
+    from abcrown_plugins.config import config_warnings
+
+    cfg = build_config({"training": {"method": method, "epochs": epochs, "eps_warmup_epochs": warmup,
+                                     "eps_ramp_epochs": ramp}})
+    messages = config_warnings(cfg)
+    assert bool(messages) == warns
+    if warns:
+        assert len(messages) == 1 and "training.epochs" in messages[0] and "\n" not in messages[0]

@@ -227,3 +227,21 @@ def test_unknown_name_lists_valid_names() -> None:
     assert "'fashion_mnist'" in message.split(";")[0]  # the suggestion
     for name in ("synthetic", "synthetic_gray", "cifar10", "svhn", "mnist", "fashion_mnist"):
         assert name in message
+
+
+def test_mnist_corrupt_gzip_stream_is_one_line_through_the_cli(tmp_path: Path, capsys) -> None:
+    from abcrown_plugins.cli import main
+
+    folder = tmp_path / "MNIST" / "raw"
+    _write_idx(folder, "test", 10, compress=True)
+    _write_idx(folder, "train", 10, compress=True)
+    path = folder / "t10k-images-idx3-ubyte.gz"
+    # a valid gzip header, then a deflate block of the reserved type 3: zlib.error, which is not an OSError
+    path.write_bytes(path.read_bytes()[:10] + b"\x07" + bytes(64))
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz"):
+        load_dataset("mnist", "test", root=str(tmp_path))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{dataset: mnist, root: {tmp_path}}}\ngeneral: {{progress: false}}\n")
+    assert main(["train", str(cfg), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "re-download" in err and not (tmp_path / "out").exists()

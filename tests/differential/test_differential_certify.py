@@ -105,3 +105,19 @@ def test_trace_recorded_for_other_tasks_is_refused():
         trace_counts(eng, trace, [1])
     with pytest.raises(UserError, match="out of range"):
         multitask_counts(eng, x, 10, SIGMA, 10, torch.Generator(), tasks=[5])
+
+
+def test_non_finite_logits_are_refused_by_every_counting_path():
+    base, (tuned,), x = _setup("cnn_small", SPECS[:1])
+    with torch.no_grad():
+        list(tuned.parameters())[-1][0] = float("nan")  # the classifier's first bias: NaN logits for class 0
+    engine = DifferentialEngine(base, [tuned])
+    with pytest.raises(UserError, match="not finite"):
+        multitask_counts(engine, x, 16, SIGMA, 8, torch.Generator().manual_seed(0))
+    with pytest.raises(UserError, match="not finite"):
+        multitask_certify(engine, x, 8, 16, 0.001, SIGMA, 8, torch.Generator().manual_seed(0))
+    trace = record_trace(engine, x, 16, SIGMA, 8, torch.Generator().manual_seed(0))
+    with pytest.raises(UserError, match="not finite"):
+        trace_counts(engine, trace)
+    with pytest.raises(UserError, match="not finite"):
+        certify(engine.task_forward(0), x, 8, 16, 0.001, SIGMA, 10, 8, torch.Generator().manual_seed(0))

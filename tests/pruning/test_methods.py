@@ -166,3 +166,31 @@ def test_slim_layerwise_strategy_prunes_each_conv_alike():
         keep, gamma = new_cm[conv], bn.weight.detach().abs()
         assert int((~keep).sum()) == round(0.25 * keep.numel())
         assert gamma[~keep].max() <= gamma[keep].min()
+
+
+def fgsm_objective(model, x, y):
+    """FGSM+GradAlign at 2/255: a random start and random noise drawn from torch's global generator."""
+    from abcrown_plugins.attacks.fgsm import fgsm_gradalign_loss
+
+    return fgsm_gradalign_loss(model, x, y, 2 / 255, 2.5 / 255, "random", 0.2)[0]
+
+
+@pytest.mark.parametrize("name", ["hydra", "snip", "taylor", "random"])
+def test_scores_depend_on_seed_and_round_only_not_on_the_global_generator(name, tiny_synthetic):
+    """A resumed run prunes a round again from another global RNG state; it must get the same scores."""
+    from abcrown_plugins.pruning.methods import method_scores
+
+    train_set, _ = tiny_synthetic
+    model = small()
+    mask = initial_mask(name, model)
+    c = ctx(train_set, objective=fgsm_objective, score_lr=1.0)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        scores = method_scores(name, model, mask, c)
+        runs.append((scores, torch.rand(4)))
+    (a, after_a), (b, after_b) = runs
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(after_a, after_b)  # the global generator is left where the caller had it
+    other_round = method_scores(name, model, mask, ctx(train_set, objective=fgsm_objective, score_lr=1.0, round=2))
+    assert not all(torch.equal(a[k], other_round[k]) for k in a)

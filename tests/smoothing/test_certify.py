@@ -204,3 +204,20 @@ def test_warning_when_radius_is_out_of_reach():
     assert msg is not None and "1" in msg
     assert warn_unreachable([0.1, 0.25], 100000, 0.001, 0.25) is None
     assert math.isfinite(top)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_are_refused_not_counted_as_a_class(bad):
+    def forward(batch):
+        logits = torch.zeros(batch.shape[0], 3)
+        logits[:, 1] = 1.0
+        logits[-1, 0] = bad  # one noisy input of each batch gives a broken logit
+        return logits
+
+    x = torch.rand(1, 4, 4)
+    with pytest.raises(UserError, match=r"logits are not finite \(NaN or inf\) on 1 of 8 noisy inputs"):
+        sample_counts(forward, x, 8, 0.25, 3, 8, _gen())
+    with pytest.raises(UserError, match="not finite"):
+        certify(forward, x, 4, 8, 0.001, 0.25, 3, 8, _gen())
+    with pytest.raises(UserError, match="not finite"):
+        predict(forward, x, 8, 0.001, 0.25, 3, 8, _gen())

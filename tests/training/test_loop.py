@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from abcrown_plugins import checkpoints
+from abcrown_plugins.errors import UserError
 from abcrown_plugins.training.loop import BatchStep, LoopHook, LoopSettings, epoch_seed, run_epochs
 
 X = torch.rand(10, 4, generator=torch.Generator().manual_seed(0))
@@ -115,3 +117,52 @@ def test_reseeding_makes_each_epoch_draw_from_seed_and_epoch_only():
 
     assert draws(123, True) == draws(124, True)
     assert draws(123, False) != draws(124, False)  # without reseeding the global generator runs on
+
+
+class Poison(LoopHook):
+    """From ``at_step`` on, after each optimiser step, sets one weight to ``value`` (a diverging run)."""
+
+    def __init__(self, at_step: int, value: float):
+        self.at_step, self.value, self.steps = at_step, value, 0
+
+    def after_step(self, model):
+        if self.steps >= self.at_step:
+            with torch.no_grad():
+                model.weight[0, 0] = self.value
+        self.steps += 1
+
+
+@pytest.mark.parametrize("value,what", [(float("nan"), "loss is nan"), (float("inf"), "loss is")])
+def test_diverged_loss_stops_training_and_keeps_the_last_good_state(tmp_path, value, what):
+    state = tmp_path / "state.pt"
+    good = fresh()
+    run(good, 1, [], state)  # epoch 1 completes and is saved
+    saved = checkpoints.load(state)
+    ends: list = []
+    model = fresh()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UserError) as e:
+        run_epochs(model, optimizer, Step([]), batches, LoopSettings(3, 3, seed=2), "cpu", [Poison(1, value)],
+                   state, "key", "t", on_epoch_end=lambda epoch, m: ends.append(epoch))
+    msg = str(e.value)
+    assert "diverged in epoch 2" in msg and what in msg and "\n" not in msg
+    after = checkpoints.load(state)
+    assert after["epoch"] == 1 and ends == []
+    assert all(torch.equal(after["model"][k], saved["model"][k]) for k in saved["model"])
+
+
+def test_non_finite_weight_with_finite_loss_is_caught_before_the_state_is_written(tmp_path):
+    class Last(Poison):  # poisons only after the epoch's last step: every loss of the epoch stays finite
+        def after_step(self, model):
+            self.steps += 1
+            if self.steps == self.at_step:
+                with torch.no_grad():
+                    model.bias[1] = self.value
+
+    state = tmp_path / "state.pt"
+    model = fresh()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UserError, match=r"after epoch 2 has non-finite values \(NaN or inf\) in 'bias'"):
+        run_epochs(model, optimizer, Step([]), batches, LoopSettings(3, 3, seed=2), "cpu", [Last(6, float("nan"))],
+                   state, "key", "t")
+    assert checkpoints.load(state)["epoch"] == 1

@@ -145,7 +145,7 @@ SECTIONS: tuple[Section, ...] = (
     )),
     Section("executor", "Where embarrassingly parallel work runs (α,β-CROWN instances, certify images); never changes results.", (
         O("kind", Str(("local", "ray")), "local", "local: worker processes on this machine; ray: a Ray cluster (extra [distributed])."),
-        O("workers", Int(min=1), 1, "Local worker processes (1: in this process)."),
+        O("workers", Int(min=1, max=1024), 1, "Local worker processes (1: in this process)."),
         O("threads", Int(min=0), 0, "Threads per worker (0: cores // workers, so workers x threads <= cores)."),
         O("ray_address", Optional(Str()), None, "Address of a running Ray cluster to join (null: start a local one)."),
         O("retries", Int(min=0), 2, "Extra attempts for a task whose worker died or that raised."),

@@ -37,6 +37,9 @@ __all__ = ["ExecutorSettings", "Outcome", "Task", "execute", "result_path", "thr
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
+#: More local worker processes than this is a typo, not a plan (each is a Python process with torch).
+MAX_WORKERS = 1024
+
 
 @dataclass(frozen=True)
 class Task:
@@ -81,8 +84,8 @@ class ExecutorSettings:
     def __post_init__(self) -> None:
         if self.kind not in ("local", "ray"):
             raise UserError(f"unknown executor '{self.kind}' (valid: local, ray)")
-        if self.workers < 1:
-            raise UserError(f"--workers must be at least 1, got {self.workers}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise UserError(f"--workers must be between 1 and {MAX_WORKERS}, got {str(self.workers)[:80]}")
         if self.threads < 0 or self.retries < 0:
             raise UserError(f"executor threads and retries must be >= 0, got {self.threads} and {self.retries}")
 

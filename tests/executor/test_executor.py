@@ -80,6 +80,8 @@ def test_bad_settings_are_one_line():
         ExecutorSettings(kind="slurm")
     with pytest.raises(UserError, match="--workers"):
         ExecutorSettings(workers=0)
+    with pytest.raises(UserError, match="between 1 and 1024"):
+        ExecutorSettings(workers=10**12)
 
 
 @pytest.mark.slow

@@ -32,13 +32,14 @@ place. The values are those of the plain formulas up to float rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from abcrown_plugins.errors import UserError
-from model_zoo.layers import BasicBlock, Normalize
+from abcrown_plugins.graph.structure import NetGraph, Op, evaluate_arg, structure
 
 
 @dataclass
@@ -80,16 +81,17 @@ class IBPResult:
     relus: list[ReluBounds] = field(default_factory=list)
 
 
-class _State:
-    """Running box in centre/radius form plus what the walk records."""
+class _Box:
+    """The box of one operation's output in centre/radius form, plus the BatchNorm it came from.
 
-    def __init__(self, lower: Tensor, upper: Tensor, record: bool):
-        self.mid = (upper + lower) / 2
-        self.rad = (upper - lower) / 2
-        self.record = record
-        self.relus: list[ReluBounds] = []
-        # (BatchNorm, its input centre, radius, batch mean, batch var) until the next ReLU
-        self.last_bn: tuple | None = None
+    ``last_bn`` is (BatchNorm, its input centre, radius, batch mean, batch var) when the
+    operation is a recorded BatchNorm (a ReLU reading it records the pre-BN box).
+    """
+
+    __slots__ = ("mid", "rad", "last_bn")
+
+    def __init__(self, mid: Tensor, rad: Tensor, last_bn: tuple | None = None):
+        self.mid, self.rad, self.last_bn = mid, rad, last_bn
 
     @property
     def lower(self) -> Tensor:
@@ -98,6 +100,18 @@ class _State:
     @property
     def upper(self) -> Tensor:
         return self.mid + self.rad
+
+
+class _Walk:
+    """What one propagation records and needs besides the boxes."""
+
+    def __init__(self, graph: NetGraph, record: bool, spec: Tensor | None):
+        self.graph = graph
+        self.record = record
+        self.spec = spec
+        self.relus: list[ReluBounds] = []
+        self.shapes: dict[fx.Node, Tensor] = {}  # op node -> a tensor of its output's shape (the centre)
+        self.folded: dict[int, _Box] = {}  # BatchNorm index -> the box of conv+BatchNorm folded into one map
 
 
 class _BatchStats(torch.autograd.Function):
@@ -148,21 +162,19 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm, mid: Tensor) -> tuple[Tensor
     return scale, shift, *stats
 
 
-def _foldable(conv: nn.Module, bn: nn.Module, st: _State) -> bool:
+def _foldable(conv: nn.Module, bn: nn.Module, walk: _Walk) -> bool:
     """Conv followed by an eval-mode BatchNorm whose input bounds nobody asked for."""
-    return (not st.record and isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    return (not walk.record and isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
             and not bn.training and bn.running_mean is not None)
 
 
-def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, st: _State) -> None:
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, box: _Box) -> _Box:
     """Conv then eval BatchNorm as one affine map: W' = s W, b' = s b + t (same function, fewer passes)."""
-    scale, shift, _, _ = _bn_affine(bn, st.mid)
+    scale, shift, _, _ = _bn_affine(bn, box.mid)
     weight = conv.weight * scale.view(-1, 1, 1, 1)
     bias = shift + (conv.bias * scale if conv.bias is not None else 0)
     args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    st.mid = F.conv2d(st.mid, weight, bias, *args)
-    st.rad = F.conv2d(st.rad, weight.abs(), None, *args)
-    st.last_bn = None
+    return _Box(F.conv2d(box.mid, weight, bias, *args), F.conv2d(box.rad, weight.abs(), None, *args))
 
 
 class _IntervalRelu(torch.autograd.Function):
@@ -217,112 +229,139 @@ def _centre_radius_(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     return mid, torch.sub(upper, mid, out=upper)
 
 
-def _relu(st: _State, name: str) -> None:
+def _relu(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
     """ReLU on both ends; records the pre-activation (and pre-BN) box when asked.
 
     Without autograd the clamps run in place and the radius reuses the upper end's
     buffer: fewer allocations per layer, which keeps large verification batches in cache.
     """
-    grad = torch.is_grad_enabled() and (st.mid.requires_grad or st.rad.requires_grad)
+    (box,) = ins
+    grad = torch.is_grad_enabled() and (box.mid.requires_grad or box.rad.requires_grad)
     if grad:
-        mid, rad, lower, upper = _IntervalRelu.apply(st.mid, st.rad)
+        mid, rad, lower, upper = _IntervalRelu.apply(box.mid, box.rad)
     else:
-        lower, upper = st.mid - st.rad, st.mid + st.rad
-    if st.record:
-        rb = ReluBounds(name, lower, upper)
-        if st.last_bn is not None:
-            rb.bn, rb.pre_bn_mid, rb.pre_bn_rad, rb.bn_mean, rb.bn_var = st.last_bn
-        st.relus.append(rb)
-    st.last_bn = None
+        lower, upper = box.mid - box.rad, box.mid + box.rad
+    if walk.record:
+        rb = ReluBounds(op.name, lower, upper)
+        if box.last_bn is not None:
+            rb.bn, rb.pre_bn_mid, rb.pre_bn_rad, rb.bn_mean, rb.bn_var = box.last_bn
+        walk.relus.append(rb)
     if grad:
-        st.mid, st.rad = mid, rad
-        return
-    if st.record:  # the recorded ends must stay as they are
+        return _Box(mid, rad)
+    if walk.record:  # the recorded ends must stay as they are
         lower, upper = F.relu(lower), F.relu(upper)
     else:
         lower, upper = lower.clamp_min_(0), upper.clamp_min_(0)
-    st.mid, st.rad = _centre_radius_(lower, upper)
+    return _Box(*_centre_radius_(lower, upper))
 
 
-def _apply(module: nn.Module, st: _State, name: str, spec: Tensor | None, last: bool) -> None:
-    if isinstance(module, nn.Sequential):
-        children = list(module.named_children())
-        i = 0
-        while i < len(children):
-            child_name, child = children[i]
-            if i + 1 < len(children) and _foldable(child, children[i + 1][1], st):
-                _conv_bn(child, children[i + 1][1], st)
-                i += 2
-                continue
-            _apply(child, st, f"{name}.{child_name}" if name else child_name, spec,
-                   last and i == len(children) - 1)
-            i += 1
-        return
-    if isinstance(module, nn.Linear):
-        if last and spec is not None:
-            # fold C into the last layer: W' = C W (N x K x in), b' = C b
-            w = spec.matmul(module.weight)
-            b = spec.matmul(module.bias) if module.bias is not None else 0
-            st.mid = torch.einsum("nki,ni->nk", w, st.mid) + b
-            st.rad = torch.einsum("nki,ni->nk", w.abs(), st.rad)
-        else:
-            st.mid = F.linear(st.mid, module.weight, module.bias)
-            st.rad = F.linear(st.rad, module.weight.abs())
-        st.last_bn = None
-        return
-    if isinstance(module, nn.Conv2d):
-        args = (module.stride, module.padding, module.dilation, module.groups)
-        st.mid = F.conv2d(st.mid, module.weight, module.bias, *args)
-        st.rad = F.conv2d(st.rad, module.weight.abs(), None, *args)
-        st.last_bn = None
-        return
-    if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-        pre_mid, pre_rad = st.mid, st.rad
-        scale, shift, mean, var = _bn_affine(module, st.mid)
-        view = (1, -1) + (1,) * (st.mid.dim() - 2)
-        st.mid = torch.addcmul(shift.view(view), st.mid, scale.view(view))
-        st.rad = st.rad * scale.abs().view(view)
-        st.last_bn = (module, pre_mid, pre_rad, mean, var) if st.record else None
-        return
-    if isinstance(module, nn.ReLU):
-        _relu(st, name)
-        return
-    if isinstance(module, Normalize):
-        st.mid = (st.mid - module.mean) / module.std
-        st.rad = st.rad / module.std
-        return
-    if isinstance(module, (nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)):
-        # linear with non-negative coefficients (or reshape): apply to both ends
-        if isinstance(module, nn.Dropout) and module.training:
-            raise UserError("IBP through Dropout in train mode is undefined; call model.eval()")
-        st.mid, st.rad = module(st.mid), module(st.rad)
-        return
-    if isinstance(module, BasicBlock):
-        _basic_block(module, st, name)
-        return
-    raise UserError(f"IBP has no rule for layer '{name}' ({type(module).__name__}); supported: Conv2d, "
-                    "Linear, BatchNorm, ReLU, Flatten, AvgPool2d, Normalize, BasicBlock, Sequential")
+def _linear(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    (box,), module = ins, op.module
+    if op.index == walk.graph.output and walk.spec is not None:
+        # fold C into the last layer: W' = C W (N x K x in), b' = C b
+        w = walk.spec.matmul(module.weight)
+        b = walk.spec.matmul(module.bias) if module.bias is not None else 0
+        return _Box(torch.einsum("nki,ni->nk", w, box.mid) + b, torch.einsum("nki,ni->nk", w.abs(), box.rad))
+    return _Box(F.linear(box.mid, module.weight, module.bias), F.linear(box.rad, module.weight.abs()))
 
 
-def _basic_block(block: BasicBlock, st: _State, name: str) -> None:
-    mid, rad = st.mid, st.rad
-    for convs in (("conv1", "bn1"), ("conv2", "bn2")):
-        conv, bn = (getattr(block, c) for c in convs)
-        if _foldable(conv, bn, st):
-            _conv_bn(conv, bn, st)
-        else:
-            for c in convs:
-                _apply(getattr(block, c), st, f"{name}.{c}", None, False)
-        if convs[0] == "conv1":
-            _apply(block.relu1, st, f"{name}.relu1", None, False)
-    main_mid, main_rad, main_bn = st.mid, st.rad, st.last_bn
-    st.mid, st.rad = mid, rad
-    _apply(block.shortcut, st, f"{name}.shortcut", None, False)
-    st.mid, st.rad = main_mid + st.mid, main_rad + st.rad
-    # the residual add sits between bn2 and relu2: pre-BN bounds are not those of relu2's input
-    st.last_bn = None
-    del main_bn
-    _apply(block.relu2, st, f"{name}.relu2", None, False)
+def _conv(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    (box,), module = ins, op.module
+    users = walk.graph.users(op.index)
+    if len(users) == 1 and users[0].kind == "bn" and _foldable(module, users[0].module, walk):
+        walk.folded[users[0].index] = _conv_bn(module, users[0].module, box)
+        return box  # the BatchNorm's output is the folded map's; this one is never read
+    args = (module.stride, module.padding, module.dilation, module.groups)
+    return _Box(F.conv2d(box.mid, module.weight, module.bias, *args),
+                F.conv2d(box.rad, module.weight.abs(), None, *args))
+
+
+def _batchnorm(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    (box,), module = ins, op.module
+    if op.index in walk.folded:
+        return walk.folded.pop(op.index)
+    scale, shift, mean, var = _bn_affine(module, box.mid)
+    view = (1, -1) + (1,) * (box.mid.dim() - 2)
+    out = _Box(torch.addcmul(shift.view(view), box.mid, scale.view(view)), box.rad * scale.abs().view(view))
+    if walk.record:
+        out.last_bn = (module, box.mid, box.rad, mean, var)
+    return out
+
+
+def _normalize(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    (box,), module = ins, op.module
+    return _Box((box.mid - module.mean) / module.std, box.rad / module.std)
+
+
+def _same_on_both(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    """A linear map with non-negative coefficients (pooling by averaging) or a reshape: both ends alike."""
+    (box,) = ins
+    if isinstance(op.module, nn.Dropout) and op.module.training:
+        raise UserError("IBP through Dropout in train mode is undefined; call model.eval()")
+    return _Box(_call(op, walk, {op.inputs[0]: box.mid}), _call(op, walk, {op.inputs[0]: box.rad}))
+
+
+def _maxpool(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    """Max pooling is monotone: its bounds are the max of the bounds."""
+    (box,) = ins
+    lower, upper = op.module(box.mid - box.rad), op.module(box.mid + box.rad)
+    return _Box((upper + lower) * 0.5, (upper - lower) * 0.5)
+
+
+def _concat(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    mids = _call(op, walk, {i: b.mid for i, b in zip(op.inputs, ins)})
+    rads = _call(op, walk, {i: b.rad for i, b in zip(op.inputs, ins)})
+    return _Box(mids, rads)
+
+
+def _arith(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    """x + y, x - y of two boxes; x + c, x - c, c - x, c * x, x / c with a constant c."""
+    boxes = dict(zip(op.inputs, ins))
+    node_ops = {o.node: o.index for o in walk.graph.ops}
+    args = [boxes.get(node_ops.get(a)) if isinstance(a, fx.Node) and a in node_ops else
+            evaluate_arg(a, dict(walk.shapes), walk.graph.root) for a in op.node.args[:2]]
+    if len(args) != 2 or op.node.kwargs:
+        raise UserError(f"IBP: node '{op.node.name}' ({op.kind}) with arguments {op.node.args!r} is not supported")
+    x, y = args
+    if isinstance(x, _Box) and isinstance(y, _Box):
+        if op.kind == "add":
+            return _Box(x.mid + y.mid, x.rad + y.rad)
+        if op.kind == "sub":
+            return _Box(x.mid - y.mid, x.rad + y.rad)
+        raise UserError(f"IBP: node '{op.node.name}' multiplies or divides two tensors (not supported)")
+    if op.kind == "add":
+        box, c = (x, y) if isinstance(x, _Box) else (y, x)
+        return _Box(box.mid + c, box.rad)
+    if op.kind == "sub":
+        return _Box(x.mid - y, x.rad) if isinstance(x, _Box) else _Box(x - y.mid, y.rad)
+    if op.kind == "mul":
+        box, c = (x, y) if isinstance(x, _Box) else (y, x)
+        return _Box(box.mid * c, box.rad * abs(c) if isinstance(c, (int, float)) else box.rad * c.abs())
+    if op.kind == "div" and isinstance(x, _Box):
+        return _Box(x.mid / y, x.rad / (abs(y) if isinstance(y, (int, float)) else y.abs()))
+    raise UserError(f"IBP: node '{op.node.name}' divides by a tensor (not supported)")
+
+
+def _call(op: Op, walk: _Walk, values: dict[int, Tensor]) -> Tensor:
+    """Run op's own call with the given tensors in place of its inputs (shapes and constants evaluated)."""
+    if op.module is not None:
+        return op.module(values[op.inputs[0]])
+    env = dict(walk.shapes)
+    for i, v in values.items():
+        env[walk.graph.ops[i].node] = v
+    args = [evaluate_arg(a, env, walk.graph.root) for a in op.node.args]
+    kwargs = {k: evaluate_arg(v, env, walk.graph.root) for k, v in op.node.kwargs.items()}
+    if op.node.op == "call_method":
+        return getattr(args[0], op.node.target)(*args[1:], **kwargs)
+    return op.node.target(*args, **kwargs)
+
+
+#: Operation kind -> IBP rule (operation, its input boxes, the walk) -> output box.
+IBP_RULES: dict[str, Callable[[Op, list[_Box], _Walk], _Box]] = {
+    "conv": _conv, "linear": _linear, "bn": _batchnorm, "relu": _relu, "normalize": _normalize,
+    "avgpool": _same_on_both, "flatten": _same_on_both, "reshape": _same_on_both, "identity": _same_on_both,
+    "maxpool": _maxpool, "concat": _concat, "add": _arith, "sub": _arith, "mul": _arith, "div": _arith,
+}
 
 
 def interval_propagate(model: nn.Module, lower: Tensor, upper: Tensor, spec: Tensor | None = None,
@@ -330,17 +369,45 @@ def interval_propagate(model: nn.Module, lower: Tensor, upper: Tensor, spec: Ten
     """Propagate the box ``[lower, upper]`` (N x C x H x W) through ``model``.
 
     With ``spec`` (N x K x classes) the result bounds ``spec @ f(x)`` (N x K);
-    else ``f(x)`` (N x classes). ``record`` keeps per-ReLU bounds.
+    else ``f(x)`` (N x classes). ``record`` keeps per-ReLU bounds. The model is
+    walked in its :func:`abcrown_plugins.graph.structure` order, one rule per
+    operation kind (:data:`IBP_RULES`).
     """
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
-    st = _State(lower, upper, record)
-    _apply(model, st, "", spec, True)
-    if spec is not None and st.mid.dim() == 2 and st.mid.shape[-1] != spec.shape[1]:
-        # the last layer was not Linear: multiply the output box by C
-        st.mid, st.rad = (torch.einsum("nkc,nc->nk", spec, st.mid),
-                          torch.einsum("nkc,nc->nk", spec.abs(), st.rad))
-    return IBPResult(st.lower, st.upper, st.relus)
+    graph = structure(model)
+    walk = _Walk(graph, record, spec)
+    last_use = _last_use(graph)
+    boxes: dict[int, _Box] = {}
+    for op in graph.ops:
+        if op.kind == "input":
+            box = _Box((upper + lower) / 2, (upper - lower) / 2)
+        else:
+            rule = IBP_RULES.get(op.kind)
+            if rule is None:
+                raise UserError(f"IBP has no rule for node '{op.name}' ({op.kind}); supported: {sorted(IBP_RULES)}")
+            box = rule(op, [boxes[i] for i in op.inputs], walk)
+        boxes[op.index] = box
+        if op.index in graph.shape_read:
+            walk.shapes[op.node] = box.mid
+        for i in op.inputs:
+            if last_use[i] == op.index:
+                boxes.pop(i, None)
+    out = boxes[graph.output]
+    mid, rad = out.mid, out.rad
+    if spec is not None and graph.ops[graph.output].kind != "linear":
+        # the last operation was not a Linear (C was not folded in): multiply the output box by C
+        mid, rad = torch.einsum("nkc,nc->nk", spec, mid), torch.einsum("nkc,nc->nk", spec.abs(), rad)
+    return IBPResult(mid - rad, mid + rad, walk.relus)
+
+
+def _last_use(graph: NetGraph) -> dict[int, int]:
+    last = {op.index: op.index for op in graph.ops}
+    for op in graph.ops:
+        for i in op.inputs:
+            last[i] = max(last[i], op.index)
+    last[graph.output] = len(graph.ops)
+    return last
 
 
 def input_box(x: Tensor, eps: float, data_min: float = 0.0, data_max: float = 1.0) -> tuple[Tensor, Tensor]:

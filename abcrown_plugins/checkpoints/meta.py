@@ -12,6 +12,10 @@ read and re-written keeps all of its metadata.
 are not the classes of ``dataset`` (a synthetic attribute, or one head per
 attribute for a multi-head base network); ``transfer`` (:class:`TransferInfo`)
 links a downstream network of ``abcrown-plugins transfer`` to its base.
+An imported network (``model.arch`` ``onnx:PATH`` or ``python:MODULE:FUNCTION``)
+keeps its ONNX graph in ``graph`` (bytes) and where it came from in ``source``, so
+the checkpoint rebuilds it without the original file
+(:mod:`abcrown_plugins.models.imported`).
 """
 
 from __future__ import annotations
@@ -104,9 +108,13 @@ class ModelMeta:
     heads: list[list[Any]] | None = None
     task: TaskInfo | None = None
     transfer: TransferInfo | None = None
+    graph: bytes | None = None
+    source: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.graph is not None and not isinstance(self.graph, bytes):
+            raise ValueError(f"graph must be the ONNX model's bytes, got {type(self.graph).__name__}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):

@@ -56,7 +56,7 @@ from abcrown_plugins.executor.distributed import INSTALL_HINT as RAY_HINT
 from abcrown_plugins.experiments.pruning_summary import best_round, mark_lottery_tickets, write_summary
 from abcrown_plugins.experiments.rundir import checkpoint_identity, claim_run_dir, run_dir
 from abcrown_plugins.fileio import atomic_write_text
-from abcrown_plugins.models import model_for, model_meta
+from abcrown_plugins.models import StartModel, start_model
 from abcrown_plugins.pruning import Mask, PruneContext, get_method, initial_mask, prune, rewind_
 from abcrown_plugins.pruning.compaction import compact
 from abcrown_plugins.pruning.methods import PruningMethod, channel_mask_of
@@ -117,6 +117,7 @@ class PruningRun:
     settings: TrainSettings
     regularizers: list
     meta: ModelMeta
+    pretrained: bool = False  # the network came with its user's weights (imported): never re-initialised
 
     @property
     def rewind_path(self) -> Path:
@@ -134,7 +135,8 @@ def initial_weights(run: PruningRun, model: nn.Module,
     """Give ``model`` the run's initial weights and return a copy of them (the rewind point).
 
     ``init.pt`` of the run folder when it exists (a resumed run); else the weights of
-    ``start`` (``model.checkpoint``, read), or IBP initialisation for IBP/CROWN-IBP training, or the fresh initialisation;
+    ``start`` (``model.checkpoint``, read), the imported network's own, or IBP initialisation for IBP/CROWN-IBP
+    training, or the fresh initialisation;
     written to ``init.pt`` before training starts.
     """
     cfg = run.cfg
@@ -144,7 +146,7 @@ def initial_weights(run: PruningRun, model: nn.Module,
     else:
         if start is not None:
             load_start(cfg, model, start)
-        elif cfg.training.method in ("ibp", "crown-ibp") and cfg.training.ibp_init:
+        elif cfg.training.method in ("ibp", "crown-ibp") and cfg.training.ibp_init and not run.pretrained:
             ibp_init(model)
         checkpoints.save(init_path, {"state_dict": model.state_dict()})
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -256,25 +258,26 @@ def run_pruning(cfg: Config, out: Path | None = None) -> tuple[Path, list[dict[s
     d = cfg.data
     train_set = load_dataset(d.dataset, "train", d.root, d.num_train, seed=cfg.general.seed)
     test_set = load_dataset(d.dataset, "test", d.root, d.num_test, seed=cfg.general.seed)
-    model = model_for(cfg.model.arch, train_set.info)
-    start = checkpoints.read_model_checkpoint(cfg.model.checkpoint) if cfg.model.checkpoint else None
-    identity = {}
+    net = start_model(cfg.model.arch, cfg.model.checkpoint, train_set.info)
+    model, start = net.model, net.start
+    identity = dict(net.identity)  # the weights' content, not their path
     if start is not None:
         load_start(cfg, model, start)
-        identity["model.checkpoint"] = checkpoint_identity(cfg.model.checkpoint)  # its content, not its path
+    if cfg.model.checkpoint:
+        identity["model.checkpoint"] = checkpoint_identity(cfg.model.checkpoint)
     mask = initial_mask(method, model, cfg.pruning.scope)
     with claim_run_dir(out, cfg, "pruning", identity):
-        return _run_rounds(cfg, out, device, method, train_set, test_set, model, start, mask)
+        return _run_rounds(cfg, out, device, method, train_set, test_set, net, mask)
 
 
 def _run_rounds(cfg: Config, out: Path, device: torch.device, method: PruningMethod, train_set, test_set,
-                model: nn.Module, start: checkpoints.ModelCheckpoint | None,
-                mask: Mask) -> tuple[Path, list[dict[str, Any]]]:
+                net: StartModel, mask: Mask) -> tuple[Path, list[dict[str, Any]]]:
     """The rounds of :func:`run_pruning`, in the claimed folder ``out``."""
     run = PruningRun(cfg=cfg, out=out, device=device, method=method, train_set=train_set, test_set=test_set,
                      settings=TrainSettings.from_config(cfg), regularizers=regularizers_for(cfg, method),
-                     meta=model_meta(cfg.model.arch, train_set.info))
-    init_state = initial_weights(run, model, start)
+                     meta=net.meta, pretrained=net.pretrained)
+    model = net.model
+    init_state = initial_weights(run, model, net.start)
     model.to(device)
     rows: list[dict[str, Any]] = []
     for r in range(cfg.pruning.rounds + 1):

@@ -17,9 +17,11 @@ from torch import nn
 import model_zoo
 from abcrown_plugins.checkpoints import ModelCheckpoint, ModelMeta, read_model_checkpoint
 from abcrown_plugins.errors import UserError
+from abcrown_plugins.models.imported import import_network, is_imported, rebuild
 from abcrown_plugins.pruning.compaction import compact as compact_model
 
-__all__ = ["LoadedModel", "build", "load_model", "model_for", "model_meta"]
+__all__ = ["LoadedModel", "StartModel", "build", "is_imported", "load_model", "model_for", "model_meta",
+           "start_model"]
 
 
 def model_for(arch: str, info) -> nn.Module:
@@ -28,16 +30,56 @@ def model_for(arch: str, info) -> nn.Module:
 
 
 def build(arch: str, channels: int, input_size: int, num_classes: int, mean, std) -> nn.Module:
+    """Zoo model ``arch``; its ``input_shape`` attribute is (C, H, W)."""
+    if is_imported(arch):
+        raise UserError(f"model.arch {arch} is an imported network: it is built from its file with "
+                        "model.checkpoint (python:) by the run, or reopened from a checkpoint of the project")
     try:
-        return model_zoo.build_model(arch, in_channels=channels, input_size=input_size,
-                                     num_classes=num_classes, mean=tuple(mean), std=tuple(std))
+        model = model_zoo.build_model(arch, in_channels=channels, input_size=input_size,
+                                      num_classes=num_classes, mean=tuple(mean), std=tuple(std))
     except model_zoo.UnknownModelError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{e}; or bring your own: onnx:PATH or python:MODULE:FUNCTION") from None
+    model.input_shape = (channels, input_size, input_size)
+    return model
 
 
 def model_meta(arch: str, info) -> ModelMeta:
     """The checkpoint metadata that lets :func:`load_model` rebuild ``model_for(arch, info)``."""
     return ModelMeta.for_data(arch, info)
+
+
+@dataclass(frozen=True)
+class StartModel:
+    """A run's network before training: the model, its checkpoint metadata, the checkpoint it starts from.
+
+    ``start`` is ``model.checkpoint`` read as a project checkpoint (zoo networks;
+    None otherwise); ``pretrained``: the weights are the user's (an imported network),
+    never to be re-initialised; ``identity``: what the run's identity records of the
+    weights' source (content hashes).
+    """
+
+    model: nn.Module
+    meta: ModelMeta
+    start: ModelCheckpoint | None
+    pretrained: bool
+    identity: dict[str, str]
+
+
+def start_model(arch: str, checkpoint: str | None, info) -> StartModel:
+    """The network of ``model.arch`` / ``model.checkpoint`` for a data set's :class:`DataInfo`.
+
+    A zoo name builds the zoo model (and reads ``model.checkpoint``, a project
+    checkpoint, when set); ``onnx:PATH`` and ``python:MODULE:FUNCTION`` import the
+    user's network with its own weights (:mod:`abcrown_plugins.models.imported`).
+    """
+    if is_imported(arch):
+        imp = import_network(arch, checkpoint, tuple(info.shape), info.mean, info.std, info.num_classes)
+        imp.model.input_shape = tuple(info.shape)
+        meta = ModelMeta.for_data(arch, info, graph=imp.graph, source=imp.source)
+        return StartModel(imp.model, meta, None, True, {"model.arch": imp.source["sha256"]})
+    model = model_for(arch, info)
+    start = read_model_checkpoint(checkpoint) if checkpoint else None
+    return StartModel(model, model_meta(arch, info), start, False, {})
 
 
 @dataclass(frozen=True)
@@ -70,7 +112,14 @@ def load_model(path: str | Path | ModelCheckpoint, compact: bool = False,
     """
     ckpt = path if isinstance(path, ModelCheckpoint) else read_model_checkpoint(path)
     meta = ckpt.meta
-    model = build(meta.arch, meta.channels, meta.input_size, meta.num_classes, meta.mean, meta.std)
+    if meta.graph is not None:
+        model = rebuild(meta.graph, meta.input_shape, meta.mean, meta.std)
+        model.input_shape = meta.input_shape
+    elif is_imported(meta.arch):
+        raise UserError(f"checkpoint '{ckpt.path}' of imported network {meta.arch} lacks its graph; "
+                        "write it again with this version")
+    else:
+        model = build(meta.arch, meta.channels, meta.input_size, meta.num_classes, meta.mean, meta.std)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as e:

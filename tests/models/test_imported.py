@@ -1,0 +1,125 @@
+"""Bring your own network: onnx:PATH and python:MODULE:FUNCTION through run, checkpoints, verify and export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from abcrown_plugins.cli.main import main
+from abcrown_plugins.data import load_dataset
+from abcrown_plugins.errors import UserError
+from abcrown_plugins.models import load_model, start_model
+from abcrown_plugins.models.imported import import_network
+from tests.graph.nets import FACTORY_SOURCE, onnx_bytes, residual_net
+
+SHAPE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def info():
+    return load_dataset("synthetic", "test", num=16).info
+
+
+@pytest.fixture
+def user_files(tmp_path):
+    net = residual_net(size=32)
+    (tmp_path / "usernet.py").write_text(FACTORY_SOURCE)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pth")
+    (tmp_path / "net.onnx").write_bytes(onnx_bytes(net, SHAPE, fold=False))
+    return tmp_path, net
+
+
+def test_python_import_equals_the_users_module(user_files, info):
+    folder, net = user_files
+    imp = import_network(f"python:{folder / 'usernet.py'}:net", str(folder / "w.pth"), SHAPE, (0.0,) * 3,
+                         (1.0,) * 3, 10)
+    x = torch.rand(5, *SHAPE)
+    torch.testing.assert_close(imp.model(x), net(x), atol=1e-5, rtol=1e-5)
+    assert imp.source["kind"] == "python" and len(imp.source["sha256"]) == 64
+
+
+def test_normalisation_is_folded_in_front(user_files):
+    folder, net = user_files
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.5, 0.25)
+    imp = import_network(f"onnx:{folder / 'net.onnx'}", None, SHAPE, mean, std, 10)
+    x = torch.rand(3, *SHAPE)
+    normed = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(imp.model(x), net(normed), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch, ckpt, message", [
+    ("python:{d}/usernet.py:nope", "w.pth", "has no function 'nope'"),
+    ("python:{d}/usernet.py:net", None, "needs model.checkpoint"),
+    ("python:{d}/missing.py:net", "w.pth", "does not exist"),
+    ("python:{d}/usernet.py", "w.pth", "has no function 'usernet.py'|write python:MODULE:FUNCTION|cannot import"),
+    ("onnx:{d}/net.onnx", "w.pth", "carries its own weights"),
+    ("onnx:{d}/none.onnx", None, "cannot read"),
+])
+def test_import_errors_are_one_line(user_files, arch, ckpt, message):
+    folder, _ = user_files
+    with pytest.raises(UserError, match=message) as e:
+        import_network(arch.format(d=folder), str(folder / ckpt) if ckpt else None, SHAPE, (0.0,) * 3, (1.0,) * 3)
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_geometry_or_classes_is_refused(user_files):
+    folder, _ = user_files
+    with pytest.raises(UserError, match="takes inputs of shape \\(3, 32, 32\\).*\\(1, 28, 28\\)"):
+        import_network(f"onnx:{folder / 'net.onnx'}", None, (1, 28, 28), (0.0,), (1.0,))
+    with pytest.raises(UserError, match="gives 10 outputs but the data set has 4 classes"):
+        import_network(f"onnx:{folder / 'net.onnx'}", None, SHAPE, (0.0,) * 3, (1.0,) * 3, 4)
+
+
+def test_a_bad_state_dict_is_one_line(user_files):
+    folder, _ = user_files
+    torch.save({"c1.weight": torch.zeros(1)}, folder / "bad.pth")
+    with pytest.raises(UserError, match="does not fit net\\(\\)"):
+        import_network(f"python:{folder / 'usernet.py'}:net", str(folder / "bad.pth"), SHAPE, (0.0,) * 3, (1.0,) * 3)
+
+
+def test_run_export_and_reopen_without_the_original_file(user_files, tmp_path, capsys):
+    """One-shot channel pruning + a fine-tune epoch of an ONNX network; the checkpoint reopens after the file is gone."""
+    folder, net = user_files
+    cfg = tmp_path / "byo.yaml"
+    cfg.write_text(f"""
+general: {{name: byo, seed: 0, progress: false}}
+model: {{arch: "onnx:{folder / 'net.onnx'}"}}
+data: {{dataset: synthetic, num_train: 128, num_test: 32, batch_size: 64}}
+training: {{method: standard, epochs: 0}}
+pruning: {{method: slim, rounds: 1, channel_rate: 0.3, rewind: none, finetune_epochs: 1}}
+verification: {{eps: 1/255, pgd_steps: 0}}
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert rows[-1]["final"]["channel_remain_ratio"] < 1.0
+    dense = load_model(out / "round_0" / "checkpoint.pt")
+    x = torch.rand(4, *SHAPE)
+    with torch.no_grad():  # round 0 did not train: the user's network behind the data set's normalisation
+        mean = torch.tensor(dense.meta.mean).view(1, 3, 1, 1)
+        std = torch.tensor(dense.meta.std).view(1, 3, 1, 1)
+        torch.testing.assert_close(dense.model(x), net((x - mean) / std), atol=1e-5, rtol=1e-5)
+    (folder / "net.onnx").unlink()
+    pruned = load_model(out / "round_1" / "checkpoint.pt")
+    small = load_model(out / "round_1" / "checkpoint.pt", compact=True)
+    assert small.compacted
+    assert sum(p.numel() for p in small.model.parameters()) < sum(p.numel() for p in pruned.model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(small.model(x), pruned.model(x), atol=1e-5, rtol=1e-5)
+    bench = tmp_path / "bench"
+    assert main(["export", "--checkpoint", str(out / "round_1" / "checkpoint.pt"), "--out", str(bench), "--n", "2",
+                 "--eps", "1/255"]) == 0
+    (onnx_file,) = list((bench / "onnx").rglob("*.onnx"))
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    xb = torch.rand(1, *SHAPE)
+    got = sess.run(None, {sess.get_inputs()[0].name: xb.numpy()})[0]
+    np.testing.assert_allclose(got, pruned.model(xb).detach().numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_start_model_of_a_zoo_name_is_unchanged(info):
+    net = start_model("cnn_small", None, info)
+    assert not net.pretrained and net.meta.graph is None and net.model.input_shape == info.shape

@@ -4,6 +4,12 @@
     returns the checkpoint's zoo model with its folded weights (compacted when
     channel-pruned). Leave ``model.path`` unset: the hook loads the weights.
 
+``model.name: Customized("abcrown_plugins.abcrown.hooks", "imported_model", arch="onnx:NET.onnx", dataset="npy:DIR")``
+    returns a network the user brought (``onnx:PATH``, or ``python:MODULE:FUNCTION``
+    with ``checkpoint=`` its state_dict) as the project imports it: the data set's
+    normalisation (``mean=``/``std=``, default the data set's) folded in front, so it
+    takes [0,1] pixels like every other model here.
+
 ``data.dataset: Customized("abcrown_plugins.abcrown.hooks", "zoo_data", dataset="synthetic")``
     returns ``(X, labels, data_max, data_min, eps)`` for our data sets: X in
     [0,1] pixels (N,C,H,W); the model normalises inside, so the data range is
@@ -26,6 +32,16 @@ from abcrown_plugins.models import load_model
 def zoo_model(checkpoint: str, compact: bool = True) -> nn.Module:
     """The model of ``checkpoint`` (``zoo:NAME`` or a path), eval mode, weights loaded."""
     return load_model(checkpoint, compact=compact).model
+
+
+def imported_model(arch: str, dataset: str, checkpoint: str | None = None, mean: list[float] | None = None,
+                   std: list[float] | None = None) -> nn.Module:
+    """The imported network ``arch`` (``onnx:PATH`` / ``python:MODULE:FUNCTION``) for ``dataset``'s inputs."""
+    from abcrown_plugins.models.imported import import_network
+
+    info = dataset_info(dataset)
+    return import_network(arch, checkpoint, tuple(info.shape), mean if mean is not None else info.mean,
+                          std if std is not None else info.std, info.num_classes).model
 
 
 def _abcrown_config() -> dict[str, Any] | None:
@@ -68,7 +84,7 @@ def zoo_data(spec: dict[str, Any], dataset: str = "synthetic", split: str = "tes
         raise UserError("set specification.epsilon (pixel units, e.g. 0.00784313725490196 for 2/255) "
                         "or pass eps= to zoo_data")
     ds = load_dataset(dataset, split, root, num, seed=seed)
-    x = ds.images.float() / 255.0
+    x = ds.pixels()
     if tuple(x.shape[1:]) != shape:
         raise UserError(f"data set '{dataset}' gives images of shape {tuple(x.shape[1:])}, expected {shape}")
     ones = torch.ones(1, *shape)

@@ -301,11 +301,20 @@ def _same_on_both(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
     return _Box(_call(op, walk, {op.inputs[0]: box.mid}), _call(op, walk, {op.inputs[0]: box.rad}))
 
 
-def _maxpool(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
-    """Max pooling is monotone: its bounds are the max of the bounds."""
+def _monotone(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    """A monotone map applied elementwise or by taking maxima (max pooling, sigmoid): the map of the bounds.
+
+    The bounds of max pooling are the max of the bounds.
+    """
     (box,) = ins
-    lower, upper = op.module(box.mid - box.rad), op.module(box.mid + box.rad)
+    i = op.inputs[0]
+    lower, upper = _call(op, walk, {i: box.mid - box.rad}), _call(op, walk, {i: box.mid + box.rad})
     return _Box((upper + lower) * 0.5, (upper - lower) * 0.5)
+
+
+def _neg(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
+    (box,) = ins
+    return _Box(-box.mid, box.rad)
 
 
 def _concat(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
@@ -359,8 +368,10 @@ def _call(op: Op, walk: _Walk, values: dict[int, Tensor]) -> Tensor:
 #: Operation kind -> IBP rule (operation, its input boxes, the walk) -> output box.
 IBP_RULES: dict[str, Callable[[Op, list[_Box], _Walk], _Box]] = {
     "conv": _conv, "linear": _linear, "bn": _batchnorm, "relu": _relu, "normalize": _normalize,
-    "avgpool": _same_on_both, "flatten": _same_on_both, "reshape": _same_on_both, "identity": _same_on_both,
-    "maxpool": _maxpool, "concat": _concat, "add": _arith, "sub": _arith, "mul": _arith, "div": _arith,
+    "avgpool": _same_on_both, "avgpool_fn": _same_on_both, "mean": _same_on_both, "upsample": _same_on_both,
+    "pad": _same_on_both, "flatten": _same_on_both, "reshape": _same_on_both, "identity": _same_on_both,
+    "maxpool": _monotone, "maxpool_fn": _monotone, "sigmoid": _monotone, "neg": _neg,
+    "concat": _concat, "add": _arith, "sub": _arith, "mul": _arith, "div": _arith,
 }
 
 
@@ -385,7 +396,9 @@ def interval_propagate(model: nn.Module, lower: Tensor, upper: Tensor, spec: Ten
         else:
             rule = IBP_RULES.get(op.kind)
             if rule is None:
-                raise UserError(f"IBP has no rule for node '{op.name}' ({op.kind}); supported: {sorted(IBP_RULES)}")
+                what = (f"layer '{op.name}' ({type(op.module).__name__})" if op.module is not None
+                        else f"node '{op.name}' ({op.node.target if op.node.op == 'call_method' else op.kind})")
+                raise UserError(f"IBP has no rule for {what}; supported kinds: {', '.join(sorted(IBP_RULES))}")
             box = rule(op, [boxes[i] for i in op.inputs], walk)
         boxes[op.index] = box
         if op.index in graph.shape_read:

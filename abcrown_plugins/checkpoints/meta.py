@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -123,6 +124,21 @@ class ModelMeta:
             if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 <= self.eps < math.inf:
                 raise ValueError(f"eps must be a finite number >= 0, got {str(self.eps)[:80]}")
             object.__setattr__(self, "eps", float(self.eps))
+
+    @property
+    def net_name(self) -> str:
+        """A file-name-safe name of the network: the zoo name, or the imported file's / function's name."""
+        name = self.arch
+        if self.source is not None:
+            name = Path(self.source.get("path", "")).stem or self.source.get("spec", "").rpartition(":")[2] or name
+        return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("._") or "net"
+
+    @property
+    def data_name(self) -> str:
+        """A file-name-safe name of the data set (``npy:DIR`` -> ``npy_DIRNAME``)."""
+        scheme, sep, rest = self.dataset.partition(":")
+        name = f"{scheme}_{Path(rest).name}" if sep else self.dataset
+        return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("._") or "data"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -14,12 +14,15 @@ from abcrown_plugins.report import markdown_table, write_csv
 
 
 def _cmd_export(args) -> int:
-    summary = run_export(args.checkpoint, args.out, args.n, parse_eps(args.eps), args.seed, args.timeout,
-                         data_root=args.data_root, force=args.force)
+    eps = None if args.eps is None else parse_eps(args.eps)
+    summary = run_export(args.checkpoint, args.out, args.n, eps, args.seed, args.timeout, data_root=args.data_root,
+                         force=args.force, dataset=args.dataset, vnnlib_version=args.vnnlib_version)
+    what = (f"eps {summary['eps']:.6g}" if summary["source"] == "draw"
+            else f"properties copied from {summary['copied_from']['folder']}")
     print(f"wrote {summary['instances']} instances to {summary['out']} (onnx {summary['onnx']}, "
-          f"max |onnx - torch| {summary['onnx_max_abs_diff']:.2g}, eps {summary['eps']:.6g})")
+          f"max |onnx - torch| {summary['onnx_max_abs_diff']:.2g}, VNN-LIB {summary['vnnlib_version']}.0, {what})")
     print(json.dumps({k: summary[k] for k in ("out", "onnx", "instances", "eps", "seed", "timeout", "compacted",
-                                               "onnx_max_abs_diff")}))
+                                               "onnx_max_abs_diff", "vnnlib_version", "source")}))
     return 0
 
 

@@ -57,11 +57,16 @@ def _register_abcrown(sub) -> None:
     ex = sub.add_parser("export", help="write a VNN-COMP benchmark folder (onnx/, vnnlib/, instances.csv)")
     ex.add_argument("--checkpoint", required=True, help="checkpoint written by run/train")
     ex.add_argument("--out", required=True, help="benchmark folder to write")
-    ex.add_argument("--n", type=int, required=True, help="number of instances (correctly classified test images)")
-    ex.add_argument("--eps", required=True, help="L-inf radius in [0,1] pixels, e.g. 2/255")
+    ex.add_argument("--n", type=int, help="number of instances (correctly classified test images); required "
+                                          "unless --dataset vnnlib:DIR (default there: all its properties)")
+    ex.add_argument("--eps", help="L-inf radius in [0,1] pixels, e.g. 2/255; required unless --dataset vnnlib:DIR")
     ex.add_argument("--seed", type=int, default=0, help="seed of the drawn test images")
     ex.add_argument("--timeout", type=float, default=60.0, help="per-instance timeout in seconds (total <= 6 h)")
     ex.add_argument("--data-root", help="folder of real data set files (as data.root)")
+    ex.add_argument("--dataset", help="data set whose test split gives the properties (default: the checkpoint's); "
+                                      "vnnlib:DIR copies the properties of benchmark DIR, same boxes and labels")
+    ex.add_argument("--vnnlib-version", type=int, choices=(1, 2), default=1,
+                    help="VNN-LIB version of the property files: 1 (what α,β-CROWN reads; default) or 2")
     ex.add_argument("--force", action="store_true", help="replace an existing, non-empty output folder")
     ex.set_defaults(func="abcrown_commands:_cmd_export", no_overrides=True)
 

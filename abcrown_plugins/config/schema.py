@@ -41,13 +41,17 @@ SECTIONS: tuple[Section, ...] = (
         O("num_threads", Int(min=0), 0, "CPU threads for torch (0: torch's default)."),
         O("progress", Bool(), True, "Show progress bars on long loops (on stderr)."),
     )),
-    Section("model", "Architecture from the model zoo (`abcrown-plugins models` lists them).", (
-        O("arch", Str(), "cnn_7layer", "Zoo architecture name."),
-        O("checkpoint", Optional(Str()), None, "Start from this checkpoint's weights instead of a fresh initialisation."),
+    Section("model", "The network: from the model zoo (`abcrown-plugins models` lists them) or your own.", (
+        O("arch", Str(), "cnn_7layer", "Zoo architecture name, or your own network: onnx:PATH (an ONNX classifier) "
+          "or python:MODULE:FUNCTION (FUNCTION() builds the nn.Module; MODULE is a dotted name or a .py file)."),
+        O("checkpoint", Optional(Str()), None, "Start from this checkpoint's weights instead of a fresh initialisation; "
+          "for python:MODULE:FUNCTION the network's state_dict (.pt/.pth, read weights_only)."),
     )),
     Section("data", "Data set and batching. Pixels are in [0,1]; normalisation is the model's first layer.", (
-        O("dataset", Str(), "synthetic", "Data set name (synthetic, synthetic_gray, cifar10, svhn, mnist, fashion_mnist)."),
+        O("dataset", Str(), "synthetic", "Data set name (synthetic, synthetic_gray, cifar10, svhn, mnist, fashion_mnist), or your own: npy:DIR (X.npy, y.npy; train/ for a training split) or vnnlib:DIR (a VNN-COMP benchmark's properties)."),
         O("root", Optional(Str()), None, "Folder holding real data set files (default: ./data)."),
+        O("mean", Optional(List(Float())), None, "Per-channel mean the model's first layer subtracts (null: the data set's own; 0 for npy:/vnnlib: data)."),
+        O("std", Optional(List(Float(min=0))), None, "Per-channel std the model's first layer divides by, each > 0 (null: the data set's own; 1 for npy:/vnnlib: data)."),
         O("num_train", Optional(Int(min=1)), None, "Use this many training images (null: all)."),
         O("num_test", Optional(Int(min=1)), None, "Use this many test images (null: all)."),
         O("batch_size", Int(min=1), 128, "Training batch size."),

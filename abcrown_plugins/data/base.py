@@ -1,12 +1,15 @@
 """In-memory image data sets: static metadata (:class:`DataInfo`) and pixels (:class:`ImageDataset`).
 
 Every data set of the project, procedural or read from files, ends up as one
-:class:`ImageDataset`: ``uint8`` pixels ``N x C x H x W`` plus ``int64`` labels.
-Pixels are kept as bytes (four times smaller than ``float32``, and exactly what the
-files hold); they become ``float32`` in ``[0, 1]`` only when served, one batch at a
-time, on the requested device. Normalisation by ``mean``/``std`` is *not* applied
-here: it belongs to the model's first layer, so that perturbation radii stay in
-pixel units (``eps = 2/255`` means two grey levels).
+:class:`ImageDataset`: pixels ``N x C x H x W`` plus ``int64`` labels. Pixels are
+kept as bytes where they are whole grey levels (four times smaller than ``float32``,
+and exactly what the files hold); they become ``float32`` in ``[0, 1]`` only when
+served, one batch at a time, on the requested device. Data whose values are not
+whole grey levels (float arrays of the user's, the box centres of VNN-LIB
+properties) is kept as ``float32`` and served as it is; such a set may carry the
+exact input box of each example (:class:`InputBoxes`). Normalisation by
+``mean``/``std`` is *not* applied here: it belongs to the model's first layer, so
+that perturbation radii stay in pixel units (``eps = 2/255`` means two grey levels).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from abcrown_plugins.errors import UserError
 
-__all__ = ["DataInfo", "ImageDataset"]
+__all__ = ["DataInfo", "ImageDataset", "InputBoxes"]
 
 
 @dataclass(frozen=True)
@@ -62,17 +65,46 @@ class DataInfo:
         return (self.channels, self.size, self.size)
 
 
+@dataclass(frozen=True)
+class InputBoxes:
+    """The exact input box of each example of a data set (e.g. the properties of a VNN-COMP benchmark).
+
+    Attributes:
+        lower: ``float64`` tensor ``N x C x H x W``, the lower corner of each box.
+        upper: ``float64`` tensor of the same shape, ``upper >= lower``.
+        sources: Where each box came from (e.g. ``vnnlib/prop_3.vnnlib``), ``len == N``.
+    """
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    sources: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.lower.dtype != torch.float64 or self.upper.dtype != torch.float64 or self.lower.dim() != 4 \
+                or self.lower.shape != self.upper.shape or len(self.sources) != self.lower.shape[0]:
+            raise ValueError("InputBoxes: lower and upper must be float64 N x C x H x W with one source each")
+
+    def select(self, index: torch.Tensor) -> InputBoxes:
+        """The boxes at ``index`` (``int64`` positions, in that order)."""
+        return InputBoxes(self.lower[index], self.upper[index], tuple(self.sources[int(i)] for i in index))
+
+
 class ImageDataset:
     """A labelled image data set held in memory.
 
     Attributes:
-        images: ``uint8`` tensor ``N x C x H x W`` (``C, H, W`` as in ``info``).
         labels: ``int64`` tensor ``N`` with values in ``[0, info.num_classes)``.
         info: Static metadata of the data set.
         attributes: ``int64`` tensors of length ``N``, one per named per-image
             attribute (the procedural data set records e.g. ``fg_color``); ``{}``
             for data read from files.
+        boxes: The exact input box of each example (:class:`InputBoxes`), or
+            ``None``; a data set read from VNN-LIB properties has them, and its
+            images are the box centres.
 
+    Pixels are given as ``uint8`` ``N x C x H x W`` (pixel = byte / 255; :attr:`images`)
+    or, for data that is not whole grey levels, ``float32`` (served as they are,
+    any finite range); :meth:`pixels` returns either as ``float32``.
     The object does not copy its tensors and treats them as read-only.
     """
 
@@ -82,11 +114,14 @@ class ImageDataset:
         labels: torch.Tensor,
         info: DataInfo,
         attributes: Mapping[str, torch.Tensor] | None = None,
+        boxes: InputBoxes | None = None,
     ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
+        if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4:
             raise ValueError(
-                f"{info.name}: images must be uint8 N x C x H x W, got {images.dtype} {tuple(images.shape)}"
+                f"{info.name}: images must be uint8 or float32 N x C x H x W, got {images.dtype} {tuple(images.shape)}"
             )
+        if images.dtype == torch.float32 and not bool(torch.isfinite(images).all()):
+            raise ValueError(f"{info.name}: float images must be finite")
         if tuple(images.shape[1:]) != info.shape:
             raise ValueError(f"{info.name}: image shape {tuple(images.shape[1:])} differs from info {info.shape}")
         if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
@@ -97,30 +132,69 @@ class ImageDataset:
         for key, value in attributes.items():
             if value.dtype != torch.int64 or value.shape != labels.shape:
                 raise ValueError(f"{info.name}: attribute {key!r} must be int64 of length {len(labels)}")
-        self.images = images
+        if boxes is not None and tuple(boxes.lower.shape) != tuple(images.shape):
+            raise ValueError(f"{info.name}: boxes of shape {tuple(boxes.lower.shape)} differ from the images")
+        self._pixels = images
         self.labels = labels
         self.info = info
         self.attributes: dict[str, torch.Tensor] = attributes
+        self.boxes = boxes
+
+    @property
+    def is_bytes(self) -> bool:
+        """Whether the pixels are whole grey levels held as ``uint8`` (else ``float32`` as given)."""
+        return self._pixels.dtype == torch.uint8
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The ``uint8`` pixels ``N x C x H x W`` (pixel = byte / 255).
+
+        Raises :class:`UserError` for a data set of float pixels (not whole grey
+        levels), which only :meth:`pixels` and :meth:`batches` serve.
+        """
+        if not self.is_bytes:
+            raise UserError(f"data set {self.info.name!r} holds float pixels that are not whole grey levels, and this "
+                            "step reads uint8 images only; store the images as uint8 (round(x * 255)) to use it here")
+        return self._pixels
+
+    def pixels(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """The images at ``index`` (default: all) as ``float32`` ``n x C x H x W``, exactly as served."""
+        raw = self._pixels if index is None else self._pixels[index]
+        return raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw.clone()
+
+    def storage(self) -> torch.Tensor:
+        """The pixels as held: ``uint8`` (whole grey levels) or ``float32`` ``N x C x H x W``; read-only."""
+        return self._pixels
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """Return image ``i`` as ``float32`` ``C x H x W`` in ``[0, 1]`` and its label."""
-        return self.images[i].float().div_(255.0), int(self.labels[i])
+        """Return image ``i`` as ``float32`` ``C x H x W`` (in ``[0, 1]`` for bytes) and its label."""
+        return self.pixels(i), int(self.labels[i])
 
     def __repr__(self) -> str:
         attrs = f", attributes={sorted(self.attributes)}" if self.attributes else ""
-        return f"ImageDataset({self.info.name!r}, n={len(self)}, shape={self.info.shape}{attrs})"
+        kind = "" if self.is_bytes else ", float"
+        boxes = ", boxes" if self.boxes is not None else ""
+        return f"ImageDataset({self.info.name!r}, n={len(self)}, shape={self.info.shape}{kind}{attrs}{boxes})"
 
     def select(self, index: torch.Tensor) -> ImageDataset:
         """Return the data set restricted to ``index`` (``int64`` positions, in that order)."""
         return ImageDataset(
-            self.images[index],
+            self._pixels[index],
             self.labels[index],
             self.info,
             {key: value[index] for key, value in self.attributes.items()},
+            None if self.boxes is None else self.boxes.select(index),
         )
+
+    def with_info(self, info: DataInfo) -> ImageDataset:
+        """The same examples described by ``info`` (e.g. with a run's ``data.mean``/``data.std``).
+
+        ``info`` must keep the image shape and may only widen the classes.
+        """
+        return ImageDataset(self._pixels, self.labels, info, self.attributes, self.boxes)
 
     def subset(self, n: int | None, seed: int = 0) -> ImageDataset:
         """Return ``n`` samples drawn without replacement, stratified by class.
@@ -164,7 +238,7 @@ class ImageDataset:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)`` batches covering every sample exactly once.
 
-        ``x`` is ``float32`` ``B x C x H x W`` in ``[0, 1]``, ``y`` is ``int64`` ``B``,
+        ``x`` is ``float32`` ``B x C x H x W`` (:meth:`pixels`), ``y`` is ``int64`` ``B``,
         both on ``device`` (default: CPU); ``B == batch_size`` except possibly for
         the last batch. With ``shuffle`` the order is a permutation drawn from a
         ``torch.Generator`` seeded with ``seed`` only, so passing ``seed=base + epoch``
@@ -177,11 +251,13 @@ class ImageDataset:
         for start in range(0, n, batch_size):
             if shuffle:
                 index = order[start : start + batch_size]
-                images, labels = self.images[index], self.labels[index]
+                images, labels = self._pixels[index], self.labels[index]
             else:
-                images, labels = self.images[start : start + batch_size], self.labels[start : start + batch_size]
-            # Move bytes, then convert on the device: a quarter of the transfer.
-            x = images.to(device, non_blocking=True).float().div_(255.0)
+                images, labels = self._pixels[start : start + batch_size], self.labels[start : start + batch_size]
+            if images.dtype == torch.uint8:  # move bytes, then convert on the device: a quarter of the transfer
+                x = images.to(device, non_blocking=True).float().div_(255.0)
+            else:  # a copy, so that a caller changing x in place never changes the data set
+                x = images.to(device, non_blocking=True, copy=True)
             yield x, labels.to(device, non_blocking=True)
 
 

@@ -49,7 +49,7 @@ from abcrown_plugins.bounds import lirpa_available
 from abcrown_plugins.bounds.lirpa import INSTALL_HINT
 from abcrown_plugins.checkpoints import ModelMeta
 from abcrown_plugins.config import Config
-from abcrown_plugins.data import load_dataset
+from abcrown_plugins.data import load_dataset, run_info
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.executor import ExecutorSettings, ray_available
 from abcrown_plugins.executor.distributed import INSTALL_HINT as RAY_HINT
@@ -256,8 +256,9 @@ def run_pruning(cfg: Config, out: Path | None = None) -> tuple[Path, list[dict[s
     _check_environment(cfg)
     method = get_method(cfg.pruning.method)
     d = cfg.data
-    train_set = load_dataset(d.dataset, "train", d.root, d.num_train, seed=cfg.general.seed)
-    test_set = load_dataset(d.dataset, "test", d.root, d.num_test, seed=cfg.general.seed)
+    info = run_info(cfg)  # the data set's, with data.mean / data.std
+    train_set = load_dataset(d.dataset, "train", d.root, d.num_train, seed=cfg.general.seed).with_info(info)
+    test_set = load_dataset(d.dataset, "test", d.root, d.num_test, seed=cfg.general.seed).with_info(info)
     net = start_model(cfg.model.arch, cfg.model.checkpoint, train_set.info)
     model, start = net.model, net.start
     identity = dict(net.identity)  # the weights' content, not their path

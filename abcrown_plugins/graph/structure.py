@@ -29,9 +29,12 @@ from torch import fx, nn
 from abcrown_plugins.errors import UserError
 from model_zoo.layers import Normalize
 
-__all__ = ["FUNCTION_KINDS", "METHOD_KINDS", "MODULE_KINDS", "NetGraph", "Op", "kind_of_module", "structure"]
+__all__ = ["FUNCTION_KINDS", "METHOD_KINDS", "MODULE_KINDS", "NetGraph", "Op", "kind_of", "kind_of_module",
+           "structure", "trace"]
 
 #: Module type -> kind (checked in order with isinstance, so subclasses and parametrized modules match).
+#: Every consumer keys its rules by these kinds; a kind a consumer has no rule for is its own clear error
+#: (IBP has no rule for sigmoid; channel coupling treats it as keeping channels aligned).
 MODULE_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
     (Normalize, "normalize"),
     (nn.Conv2d, "conv"),
@@ -39,30 +42,50 @@ MODULE_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
     (nn.BatchNorm2d, "bn"),
     (nn.BatchNorm1d, "bn"),
     (nn.ReLU, "relu"),
-    (nn.MaxPool2d, "maxpool"),
-    (nn.AvgPool2d, "avgpool"),
-    (nn.AdaptiveAvgPool2d, "avgpool"),
+    (nn.MaxPool2d, "maxpool"), (nn.AdaptiveMaxPool2d, "maxpool"),
+    (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "avgpool"),
     (nn.Flatten, "flatten"),
-    (nn.Identity, "identity"),
-    (nn.Dropout, "identity"),
+    (nn.Identity, "identity"), (nn.Dropout, "identity"), (nn.Dropout2d, "identity"),
+    (nn.Upsample, "upsample"), (nn.ZeroPad2d, "pad"),
+    (nn.ReLU6, "activation"), (nn.LeakyReLU, "activation"), (nn.Tanh, "activation"), (nn.Hardtanh, "activation"),
+    (nn.ELU, "activation"), (nn.GELU, "activation"), (nn.SiLU, "activation"), (nn.Hardswish, "activation"),
+    (nn.Sigmoid, "sigmoid"), (nn.Hardsigmoid, "sigmoid"), (nn.Softplus, "sigmoid"),
+    (nn.Softmax, "softmax"), (nn.LogSoftmax, "softmax"),
 )
 
 #: Function called in a traced forward -> kind.
 FUNCTION_KINDS: dict[Callable, str] = {
-    operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
-    operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div",
-    torch.cat: "concat", torch.concat: "concat", torch.reshape: "reshape", torch.flatten: "flatten",
-    F.relu: "relu", torch.relu: "relu",
+    operator.add: "add", torch.add: "add", operator.iadd: "add",
+    operator.sub: "sub", torch.sub: "sub", operator.isub: "sub",
+    operator.mul: "mul", torch.mul: "mul", operator.imul: "mul",
+    operator.truediv: "div", torch.div: "div", torch.true_divide: "div",
+    operator.neg: "neg", torch.neg: "neg",
+    torch.cat: "concat", torch.concat: "concat", torch.concatenate: "concat",
+    torch.reshape: "reshape", torch.flatten: "flatten", torch.mean: "mean",
+    F.relu: "relu", torch.relu: "relu", F.dropout: "identity",
+    F.relu6: "activation", F.leaky_relu: "activation", torch.tanh: "activation", F.hardtanh: "activation",
+    F.elu: "activation", F.gelu: "activation", F.silu: "activation",
+    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.softplus: "sigmoid",
+    F.max_pool2d: "maxpool_fn", F.avg_pool2d: "avgpool_fn", F.adaptive_avg_pool2d: "avgpool_fn",
+    F.adaptive_max_pool2d: "maxpool_fn", F.interpolate: "upsample",
+    torch.softmax: "softmax", F.softmax: "softmax", F.log_softmax: "softmax",
+    torch.matmul: "mixing", torch.transpose: "mixing", torch.permute: "mixing", torch.squeeze: "mixing",
+    torch.unsqueeze: "mixing", F.conv2d: "mixing", F.linear: "mixing",
 }
 
 #: Tensor method called in a traced forward -> kind.
 METHOD_KINDS: dict[str, str] = {
-    "view": "reshape", "reshape": "reshape", "flatten": "flatten", "relu": "relu", "add": "add",
-    "sub": "sub", "mul": "mul", "div": "div", "contiguous": "identity",
+    "add": "add", "add_": "add", "sub": "sub", "mul": "mul", "div": "div", "neg": "neg",
+    "view": "reshape", "reshape": "reshape", "flatten": "flatten", "mean": "mean",
+    "relu": "relu", "relu_": "relu", "tanh": "activation", "sigmoid": "sigmoid",
+    "contiguous": "identity", "clone": "identity", "detach": "identity", "float": "identity",
+    "double": "identity", "to": "identity",
+    "softmax": "softmax", "log_softmax": "softmax", "permute": "mixing", "transpose": "mixing",
+    "squeeze": "mixing", "unsqueeze": "mixing", "matmul": "mixing", "chunk": "mixing", "split": "mixing",
 }
 
 #: Calls that compute shapes or python numbers (evaluated, never bounded).
-_SHAPE_METHODS = {"size", "dim"}
+_SHAPE_METHODS = {"size", "dim", "numel"}
 _SHAPE_FUNCTIONS = {getattr, operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub}
 
 
@@ -71,6 +94,37 @@ def kind_of_module(module: nn.Module) -> str | None:
         if isinstance(module, cls):
             return kind
     return None
+
+
+def kind_of(node: fx.Node, root: nn.Module) -> str | None:
+    """The kind of an fx call node (None: no kind)."""
+    if node.op == "call_module":
+        return kind_of_module(root.get_submodule(node.target))
+    if node.op == "call_function":
+        try:
+            return FUNCTION_KINDS.get(node.target)
+        except TypeError:  # an unhashable callable
+            return None
+    if node.op == "call_method":
+        return METHOD_KINDS.get(node.target)
+    return None
+
+
+def trace(model: nn.Module, what: str = "") -> tuple[nn.Module, fx.Graph]:
+    """``model``'s fx graph (its own for a GraphModule) and the module it refers to.
+
+    Modules with a kind are leaves. Code fx cannot trace (data-dependent control flow)
+    is one UserError; ``what`` says what needed the graph.
+    """
+    if isinstance(model, fx.GraphModule):
+        return model, model.graph
+    try:
+        return model, _Tracer().trace(model)
+    except Exception as e:  # fx raises many kinds (TraceError, TypeError, ...) for dynamic code
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"cannot read {what or 'the structure'} of {type(model).__name__}: torch.fx cannot trace "
+                        f"it ({type(e).__name__}: {msg}); remove data-dependent control flow from forward, or "
+                        "import the network through ONNX") from None
 
 
 @dataclass(frozen=True)
@@ -131,15 +185,7 @@ def _is_shape(node: fx.Node, shape_nodes: set[fx.Node]) -> bool:
 
 
 def _trace(model: nn.Module) -> NetGraph:
-    if isinstance(model, fx.GraphModule):
-        graph, root = model.graph, model
-    else:
-        try:
-            graph, root = _Tracer().trace(model), model
-        except Exception as e:  # fx raises many kinds (TraceError, TypeError, ...) for dynamic code
-            raise UserError(f"cannot trace {type(model).__name__} into a graph ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); use a forward without "
-                            "data-dependent control flow, or import it through ONNX") from None
+    root, graph = trace(model)
     ops: list[Op] = []
     index: dict[fx.Node, int] = {}
     shape_nodes: set[fx.Node] = set()
@@ -160,15 +206,9 @@ def _trace(model: nn.Module) -> NetGraph:
         elif _is_shape(node, shape_nodes):
             shape_nodes.add(node)
             continue
-        elif node.op == "call_module":
-            module = root.get_submodule(node.target)
-            kind = kind_of_module(module)
-        elif node.op == "call_function":
-            module, kind = None, FUNCTION_KINDS.get(node.target)
-        elif node.op == "call_method":
-            module, kind = None, METHOD_KINDS.get(node.target)
         else:
-            kind, module = None, None
+            module = root.get_submodule(node.target) if node.op == "call_module" else None
+            kind = kind_of(node, root)
         if kind is None:
             what = (f"no rule for layer '{node.target}' ({type(module).__name__})" if node.op == "call_module"
                     else f"{_describe(node)} is not supported")

@@ -1,20 +1,21 @@
 """Physical compaction: a channel-pruned model rebuilt with fewer channels.
 
 ``compact(model, cmask)`` returns a new model of the same module types whose
-pruned output channels are gone: from each prunable conv (weight rows, bias)
-and its BatchNorm (weight, bias, running_mean, running_var), from the input
-channels of every conv that reads them, and from the input features of the
-Linear after Flatten (channel ``c`` of a ``C x H x W`` map occupies features
-``c*H*W .. (c+1)*H*W - 1``). Residual adds are handled through the coupled
-groups of :func:`abcrown_plugins.pruning.channels.channel_graph`
-(``model_zoo.BasicBlock``: ``conv2``, ``bn2`` and the shortcut conv+bn share the
-block's output channels; an identity shortcut ties them to the block input's).
+pruned output channels are gone: from each prunable conv (weight rows, bias; a
+depthwise member also loses its groups) and its BatchNorm (weight, bias,
+running_mean, running_var), and from the inputs of every layer that reads them,
+as :func:`abcrown_plugins.pruning.channels.channel_graph` lists them: the input
+channels of a conv (at the group's offset in a concatenation) and the input
+features of a Linear after a flatten (channel ``c`` of a ``C x H x W`` map
+occupies features ``c*H*W .. (c+1)*H*W - 1``). Works for any network the
+channel graph reads: zoo models, ``fx.GraphModule``s (the ONNX importer's) and
+users' own modules; the copy keeps the original's code, only layer widths change.
 
 Contract: in eval mode, ``compact(model, cmask)(x)`` equals the *masked* model
 (``channel_to_weight_mask(model, cmask).apply_(model)``) up to float rounding,
 because a masked channel is exactly 0 after its BatchNorm, stays 0 through
-ReLU, pooling and a residual add of two pruned channels, and so contributes
-nothing to the layers that read it.
+ReLU, pooling, concatenation, flatten and a residual add of two pruned channels
+(coupled convs share one mask), and so contributes nothing to the layers that read it.
 
 Storing a compacted model: its ``state_dict`` is plain (same keys as the dense
 model, smaller tensors). Keep the architecture and the channel mask beside it
@@ -30,9 +31,21 @@ import copy
 from typing import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from abcrown_plugins.pruning.channels import channel_graph, validate_channel_mask
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy``, keeping what it drops from an ``fx.GraphModule``: its class name and the
+    attributes set on it after construction (``input_shape``)."""
+    new = copy.deepcopy(model)
+    if isinstance(model, fx.GraphModule):
+        for k, v in vars(model).items():
+            if k not in vars(new):
+                setattr(new, k, copy.deepcopy(v))
+        type(new).__name__ = type(model).__name__  # fx gives every GraphModule its own class
+    return new
 
 
 def _set_param(module: nn.Module, name: str, value: Tensor) -> None:
@@ -53,20 +66,24 @@ def compact(model: nn.Module, cmask: Mapping[str, Tensor]) -> nn.Module:
     is in eval mode and equals the masked model (see the module docstring)
     within float rounding. Raises ValueError for an invalid ``cmask``.
     """
-    validate_channel_mask(model, cmask)
     graph = channel_graph(model)
-    new = copy.deepcopy(model)
+    validate_channel_mask(model, cmask, graph)
+    new = _deepcopy(model)
     modules = dict(new.named_modules())
+    reads: dict[str, Tensor] = {}  # consumer -> bool over its input channels (conv) or features (Linear)
     for group, consumers in zip(graph.groups, graph.consumers):
-        keep = cmask[group[0]].detach().cpu()
+        keep = cmask[group[0]].detach().cpu().to(torch.bool)
         if bool(keep.all()):
             continue
+        idx = keep.nonzero().flatten()
         for conv_name in group:
             conv, bn = modules[conv_name], modules[graph.bn[conv_name]]
-            idx = keep.nonzero().flatten().to(conv.weight.device)
-            _set_param(conv, "weight", conv.weight[idx])
-            _set_param(conv, "bias", conv.bias[idx] if conv.bias is not None else None)
+            depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+            _set_param(conv, "weight", conv.weight[idx.to(conv.weight.device)])
+            _set_param(conv, "bias", conv.bias[idx.to(conv.bias.device)] if conv.bias is not None else None)
             conv.out_channels = idx.numel()
+            if depthwise:  # channel c reads input channel c only: the input shrinks with it
+                conv.in_channels = conv.groups = idx.numel()
             for p in ("weight", "bias", "running_mean", "running_var"):
                 t = getattr(bn, p)
                 if t is not None:
@@ -74,14 +91,17 @@ def compact(model: nn.Module, cmask: Mapping[str, Tensor]) -> nn.Module:
             bn.num_features = idx.numel()
         for cons in consumers:
             layer = modules[cons.name]
-            idx = keep.nonzero().flatten()
-            if cons.kind == "conv":
-                _set_param(layer, "weight", layer.weight[:, idx.to(layer.weight.device)])
-                layer.in_channels = idx.numel()
-            else:  # the Linear after Flatten: channel c covers features c*hw .. (c+1)*hw - 1
-                feat = (idx.view(-1, 1) * cons.hw + torch.arange(cons.hw).view(1, -1)).flatten()
-                _set_param(layer, "weight", layer.weight[:, feat.to(layer.weight.device)])
-                layer.in_features = feat.numel()
+            size = layer.in_channels if cons.kind == "conv" else layer.in_features
+            mask = reads.setdefault(cons.name, torch.ones(size, dtype=torch.bool))
+            mask[cons.offset * cons.hw:(cons.offset + keep.numel()) * cons.hw] = keep.repeat_interleave(cons.hw)
+    for name, mask in reads.items():
+        layer = modules[name]
+        idx = mask.nonzero().flatten().to(layer.weight.device)
+        _set_param(layer, "weight", layer.weight[:, idx])
+        if isinstance(layer, nn.Conv2d):
+            layer.in_channels = idx.numel()
+        else:
+            layer.in_features = idx.numel()
     return new.eval()
 
 

@@ -81,14 +81,28 @@ def test_a_bad_state_dict_is_one_line(user_files):
         import_network(f"python:{folder / 'usernet.py'}:net", str(folder / "bad.pth"), SHAPE, (0.0,) * 3, (1.0,) * 3)
 
 
+def npy_folder(root, num_train: int = 128, num_test: int = 32):
+    """The embedded synthetic images as α,β-CROWN-style arrays: NHWC uint8 training split, NCHW float test split."""
+    root.mkdir()
+    (root / "train").mkdir()
+    train = load_dataset("synthetic", "train", num=num_train)
+    test = load_dataset("synthetic", "test", num=num_test)
+    np.save(root / "train" / "X.npy", train.images.permute(0, 2, 3, 1).numpy())
+    np.save(root / "train" / "y.npy", train.labels.numpy())
+    np.save(root / "X.npy", (test.images.float() / 255).numpy())
+    np.save(root / "y.npy", test.labels.numpy())
+    return root
+
+
 def test_run_export_and_reopen_without_the_original_file(user_files, tmp_path, capsys):
-    """One-shot channel pruning + a fine-tune epoch of an ONNX network; the checkpoint reopens after the file is gone."""
+    """One-shot channel pruning + a fine-tune epoch of an ONNX network on npy data; export; reopen without the file."""
     folder, net = user_files
+    data = npy_folder(tmp_path / "npy")
     cfg = tmp_path / "byo.yaml"
     cfg.write_text(f"""
 general: {{name: byo, seed: 0, progress: false}}
 model: {{arch: "onnx:{folder / 'net.onnx'}"}}
-data: {{dataset: synthetic, num_train: 128, num_test: 32, batch_size: 64}}
+data: {{dataset: "npy:{data}", batch_size: 64, mean: [0.4, 0.5, 0.6], std: [0.25, 0.25, 0.25]}}
 training: {{method: standard, epochs: 0}}
 pruning: {{method: slim, rounds: 1, channel_rate: 0.3, rewind: none, finetune_epochs: 1}}
 verification: {{eps: 1/255, pgd_steps: 0}}
@@ -98,6 +112,7 @@ verification: {{eps: 1/255, pgd_steps: 0}}
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert rows[-1]["final"]["channel_remain_ratio"] < 1.0
     dense = load_model(out / "round_0" / "checkpoint.pt")
+    assert dense.meta.mean == (0.4, 0.5, 0.6) and dense.meta.source["kind"] == "onnx"
     x = torch.rand(4, *SHAPE)
     with torch.no_grad():  # round 0 did not train: the user's network behind the data set's normalisation
         mean = torch.tensor(dense.meta.mean).view(1, 3, 1, 1)
@@ -111,7 +126,7 @@ verification: {{eps: 1/255, pgd_steps: 0}}
     with torch.no_grad():
         torch.testing.assert_close(small.model(x), pruned.model(x), atol=1e-5, rtol=1e-5)
     bench = tmp_path / "bench"
-    assert main(["export", "--checkpoint", str(out / "round_1" / "checkpoint.pt"), "--out", str(bench), "--n", "2",
+    assert main(["export", "--checkpoint", str(out / "round_1" / "checkpoint.pt"), "--out", str(bench), "--n", "1",
                  "--eps", "1/255"]) == 0
     (onnx_file,) = list((bench / "onnx").rglob("*.onnx"))
     sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
@@ -123,3 +138,21 @@ verification: {{eps: 1/255, pgd_steps: 0}}
 def test_start_model_of_a_zoo_name_is_unchanged(info):
     net = start_model("cnn_small", None, info)
     assert not net.pretrained and net.meta.graph is None and net.model.input_shape == info.shape
+
+
+def test_abcrown_hook_imports_the_users_network(user_files, info):
+    from abcrown_plugins.abcrown.hooks import imported_model
+
+    folder, net = user_files
+    model = imported_model(f"onnx:{folder / 'net.onnx'}", "synthetic", mean=[0.0] * 3, std=[1.0] * 3)
+    x = torch.rand(2, *SHAPE)
+    torch.testing.assert_close(model(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_exported_file_names_are_safe(user_files, info):
+    from abcrown_plugins.checkpoints import ModelMeta
+
+    folder, _ = user_files
+    meta = ModelMeta.for_data(f"onnx:{folder / 'net.onnx'}", info, source={"kind": "onnx", "path": "/x/my net.onnx"})
+    assert meta.net_name == "my_net" and meta.data_name == "synthetic"
+    assert ModelMeta.for_data("cnn_small", info).replace(dataset="npy:/data/cifar sample").data_name == "npy_cifar_sample"

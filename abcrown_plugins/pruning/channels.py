@@ -3,9 +3,9 @@
 A :data:`ChannelMask` maps a conv module name (as in ``model.named_modules()``,
 e.g. ``"1"`` or ``"5.conv2"``) to a bool tensor of shape ``(out_channels,)``,
 True = kept. It is the structured counterpart of :class:`Mask`: it is applied
-to a model by :func:`channel_to_weight_mask` (zero whole filters and the
-BatchNorm affine parameters of pruned channels, so a pruned channel's BatchNorm
-output is exactly 0 and the ReLU passes 0) and removed physically by
+to a model by :func:`channel_to_weight_mask` (zero whole filters, their biases and
+the BatchNorm affine parameters of pruned channels, so a pruned channel's
+output, after its BatchNorm when it has one, is exactly 0 and the ReLU passes 0) and removed physically by
 :func:`abcrown_plugins.pruning.compaction.compact`.
 
 Which channels can be pruned, and which convs are coupled, is read off the
@@ -14,8 +14,8 @@ model's traced graph by :func:`channel_graph`
 operation kind), for any network: the zoo's, an ``fx.GraphModule`` from the
 ONNX importer, or the user's own ``nn.Module``; no example input is needed.
 
-* a conv is prunable when an affine BatchNorm2d follows it directly and everything that
-  reads its channels is known (convs, the Linear after a flatten, residual adds,
+* a conv is prunable (with the affine BatchNorm2d that directly follows it, if any) when
+  everything that reads its channels is known (convs, the Linear after a flatten, residual adds,
   concatenations, pooling, zero-preserving activations); the classifier never is;
 * residual adds couple channels: the convs whose outputs meet in an add (through
   their BatchNorms, ReLUs, pooling) form a *group* and must share one mask; an identity
@@ -80,7 +80,7 @@ def channel_groups(model: nn.Module) -> list[list[str]]:
 
 
 def bn_of(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
-    """Prunable conv name -> the BatchNorm2d that directly follows it."""
+    """Prunable conv name -> the BatchNorm2d that directly follows it (convs without one are left out)."""
     modules = dict(model.named_modules())
     return {c: modules[b] for c, b in channel_graph(model).bn.items()}
 
@@ -143,13 +143,13 @@ def channel_to_weight_mask(model: nn.Module, cmask: Mapping[str, Tensor], base: 
     modules = dict(model.named_modules())
     out: dict[str, Tensor] = {}
     for k, keep in cmask.items():
-        conv, bn = modules[k], modules[graph.bn[k]]
+        conv, bn = modules[k], modules.get(graph.bn.get(k))
         keep = keep.to(torch.bool)
         w = keep.to(conv.weight.device).view(-1, 1, 1, 1).expand_as(conv.weight)
         out[f"{k}.weight"] = w.clone()
         if conv.bias is not None:
             out[f"{k}.bias"] = keep.to(conv.bias.device).clone()
-        for p in ("weight", "bias"):
+        for p in ("weight", "bias") if bn is not None else ():
             t = getattr(bn, p)
             if t is not None:
                 out[f"{graph.bn[k]}.{p}"] = keep.to(t.device).clone()

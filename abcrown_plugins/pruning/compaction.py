@@ -77,18 +77,19 @@ def compact(model: nn.Module, cmask: Mapping[str, Tensor]) -> nn.Module:
             continue
         idx = keep.nonzero().flatten()
         for conv_name in group:
-            conv, bn = modules[conv_name], modules[graph.bn[conv_name]]
+            conv, bn = modules[conv_name], modules.get(graph.bn.get(conv_name))
             depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
             _set_param(conv, "weight", conv.weight[idx.to(conv.weight.device)])
             _set_param(conv, "bias", conv.bias[idx.to(conv.bias.device)] if conv.bias is not None else None)
             conv.out_channels = idx.numel()
             if depthwise:  # channel c reads input channel c only: the input shrinks with it
                 conv.in_channels = conv.groups = idx.numel()
-            for p in ("weight", "bias", "running_mean", "running_var"):
-                t = getattr(bn, p)
-                if t is not None:
-                    _set_param(bn, p, t[idx.to(t.device)])
-            bn.num_features = idx.numel()
+            if bn is not None:
+                for p in ("weight", "bias", "running_mean", "running_var"):
+                    t = getattr(bn, p)
+                    if t is not None:
+                        _set_param(bn, p, t[idx.to(t.device)])
+                bn.num_features = idx.numel()
         for cons in consumers:
             layer = modules[cons.name]
             size = layer.in_channels if cons.kind == "conv" else layer.in_features

@@ -23,13 +23,13 @@ and ``hw``. Each operation kind (the project's one vocabulary,
   reshape that is not a flatten, a concatenation along another dimension,
   softmax, slicing, transposes), the network input and the network output.
 
-A conv is prunable when its group is not blocked and every member is followed
-directly by an affine BatchNorm2d (its ``bn``): masking the filter and the
-BatchNorm's affine parameters makes a pruned channel exactly 0, which every
-zero-preserving rule (ReLU, pooling, a residual add of two pruned channels, a
-concatenation, a flatten) keeps 0 up to the layers that read it. A conv without
-BatchNorm is not prunable (the rule of the zoo walk before it; it keeps
-``bn_gamma`` importance and channel masks defined the same way everywhere).
+A conv is prunable when its group is not blocked. Masking its filter, its bias and,
+when an affine BatchNorm2d follows it directly (its ``bn``), the BatchNorm's affine
+parameters makes a pruned channel exactly 0, which every zero-preserving rule (ReLU,
+pooling, a residual add of two pruned channels, a concatenation, a flatten) keeps 0
+up to the layers that read it. So a conv without BatchNorm (most exported ONNX
+networks have BatchNorm folded into their convs) is prunable too; ``bn_gamma``
+importance needs the BatchNorm and says so.
 
 An operation no rule covers is one :class:`UserError` naming the operation and
 the node, but only where it reads a conv's prunable channels; elsewhere (on the
@@ -519,9 +519,6 @@ def _finish(w: _Walk, model: nn.Module) -> ChannelGraph:
     members: dict[int, list[str]] = {}
     for conv, s in w.conv_space.items():
         members.setdefault(w.find(s), []).append(conv)
-    for r, convs in members.items():
-        if any(c not in w.bn for c in convs):
-            blocked_roots.add(r)
     kept = sorted((r for r in members if r not in blocked_roots), key=lambda r: min(order[c] for c in members[r]))
     groups = tuple(tuple(sorted(members[r], key=order.__getitem__)) for r in kept)
     index = {r: i for i, r in enumerate(kept)}

@@ -139,4 +139,10 @@ def channel_magnitude_scores(model: nn.Module, mask: Mask, ctx: PruneContext) ->
 @register_criterion("bn_gamma", "|gamma| of the BatchNorm after the conv (Network Slimming)", unit="channel")
 @torch.no_grad()
 def bn_gamma_scores(model: nn.Module, mask: Mask, ctx: PruneContext) -> dict[str, Tensor]:
-    return {c: bn.weight.detach().abs().cpu().double() for c, bn in bn_of(model).items()}
+    bns = bn_of(model)
+    lacking = [c for c in prunable_channels(model) if c not in bns]
+    if lacking:
+        raise UserError(f"bn_gamma ranks channels by their BatchNorm's gamma, but conv '{lacking[0]}' has no "
+                        "BatchNorm after it (exported networks often fold it into the conv); rank by filter "
+                        "magnitude instead (pruning.method struct_lth)")
+    return {c: bn.weight.detach().abs().cpu().double() for c, bn in bns.items()}

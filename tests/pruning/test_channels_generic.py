@@ -12,7 +12,8 @@ from torch import fx, nn
 import model_zoo
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.pruning.channels import (bn_of, channel_graph, channel_groups, channel_to_weight_mask,
-                                              prunable_channels, random_channel_mask)
+                                              ones_channel_mask, prunable_channels, prune_channels_by_score,
+                                              random_channel_mask)
 from abcrown_plugins.pruning.compaction import compact
 from model_zoo.layers import Normalize
 from tests.conftest import randomize_batchnorm
@@ -227,7 +228,10 @@ def test_compaction_of_imported_onnx_equals_masking(name, make):
     randomize_batchnorm(m, torch.Generator().manual_seed(4))
     shape = tuple(m.input_shape)
     gm = onnx_graph(m.eval(), shape)
-    assert len(channel_groups(gm)) == len(channel_groups(m))  # same coupling, the importer's names
+    # same coupling under the importer's names; the exporter writes the zoo's Normalize as a 1x1 conv, which
+    # (without BatchNorm, like every conv of a folded export) is a prunable group of its own
+    extra = int(any(isinstance(x, model_zoo.layers.Normalize) for x in m.modules()))
+    assert len(channel_groups(gm)) == len(channel_groups(m)) + extra
     assert_compacts(gm, shape)
 
 
@@ -247,3 +251,26 @@ def test_normalize_as_first_layer_and_fx_names_match_the_channel_mask():
     assert channel_groups(gm) == channel_groups(m) == [["1"]]
     cmask = random_channel_mask(m, 0.5, torch.Generator().manual_seed(0))
     assert compact(gm, cmask).get_submodule("5").in_features == int(cmask["1"].sum()) * 16
+
+
+def test_convs_without_batchnorm_prune_by_magnitude_and_compact_exactly():
+    """BatchNorm folded into the convs (how exported networks come): filters and biases masked, then removed."""
+    from abcrown_plugins.errors import UserError as _UserError
+    from abcrown_plugins.pruning.compaction import compact
+    from abcrown_plugins.pruning.importance import bn_gamma_scores
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    assert sorted(prunable_channels(net)) == ["0", "2"] and bn_of(net) == {}
+    scores = {c: net.get_submodule(c).weight.detach().abs().flatten(1).sum(1).double() for c in ("0", "2")}
+    cmask = prune_channels_by_score(net, ones_channel_mask(net), scores, 0.5, "layerwise")
+    mask = channel_to_weight_mask(net, cmask)
+    assert "0.bias" in mask.to_dict() and not bool(mask["0.bias"].all())
+    mask.apply_(net)
+    small = compact(net, cmask)
+    x = torch.rand(4, 3, 16, 16)
+    torch.testing.assert_close(small(x), net(x), atol=1e-6, rtol=1e-5)
+    assert small[0].out_channels == 3 and small[2].in_channels == 3 and small[2].out_channels == 4
+    with pytest.raises(_UserError, match="conv '0' has no BatchNorm after it.*struct_lth"):
+        bn_gamma_scores(net, mask, None)

@@ -42,6 +42,18 @@ Every count is compared with the dense one (``exact``), and the engine's raw
 logits (guard off) with the dense logits on one noise batch (``max_abs_diff``).
 Writes ``table.md`` (seed 000 Table 1/3 form: time saved per pattern and k)
 and ``results.json`` into ``--out``.
+
+With ``--transfer RUN_DIR`` it instead re-times the *trained* sparse networks of
+a finished ``abcrown-plugins transfer`` run (its config, checkpoints and base):
+``--repeats`` repetitions, each certifying the run's examples densely and
+through the engine side by side
+(``abcrown_plugins.differential.certify_compared``, the accountings rotating
+from example to example, into a scratch folder); it reports per network the
+median over repetitions of the time saved live and trace, and of the group's
+multi-task time saved, and checks that every repetition's certificates equal
+the run's own ``certify.tsv`` rows.
+
+    flock /tmp/abcrown_bench.lock python tools/bench_smoothing.py --transfer results/transfer_cpu --repeats 3
 """
 
 from __future__ import annotations
@@ -50,7 +62,9 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -311,6 +325,59 @@ def table(results: dict, ks) -> str:
     return "\n".join(lines)
 
 
+def bench_transfer(run_dir: Path, repeats: int, log) -> dict:
+    """Median time saved of a finished transfer run's sparse networks over ``repeats`` side-by-side runs."""
+    from abcrown_plugins.config import load_config
+    from abcrown_plugins.differential import certify_compared, time_saved
+    from abcrown_plugins.models import load_model
+    from abcrown_plugins.smoothing.run import SmoothingSettings, read_tsv
+    from abcrown_plugins.transfer.scenario import dataset_for_checkpoint
+
+    cfg = load_config(run_dir / "config.yaml")
+    settings = SmoothingSettings.from_config(cfg)
+    runs = sorted(p.parent for p in run_dir.glob("*/*/checkpoint.pt")
+                  if p.parent.parent.name != "pretrain" and "-k" in p.parent.name)
+    if not runs:
+        raise SystemExit(f"no sparse downstream checkpoints under {run_dir}")
+    loaded = [load_model(r / "checkpoint.pt") for r in runs]
+    base_paths = {one.meta.transfer.base_checkpoint for one in loaded}
+    if len(base_paths) != 1:
+        raise SystemExit(f"the sparse networks record {len(base_paths)} base networks; expected one")
+    base = load_model(base_paths.pop()).model.eval()
+    datasets = [dataset_for_checkpoint(one.meta, settings.split, cfg.data.root, cfg.data.num_test,
+                                       seed=cfg.general.seed) for one in loaded]
+    names = [f"{r.parent.name}/{r.name}" for r in runs]
+    expected = [[(x["idx"], x["predict"], x["radius"]) for x in read_tsv(r / "certify" / "certify.tsv")[1]]
+                for r in runs]
+    live, trace, multi, exact = [[] for _ in runs], [[] for _ in runs], [], True
+    for rep in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            crows, timing = certify_compared(base, [one.model.eval() for one in loaded], datasets, settings,
+                                            [Path(tmp) / str(i) for i in range(len(runs))], Path(tmp) / "t.tsv",
+                                            "cpu", cfg.general.seed, names, desc=f"repetition {rep + 1}")
+        exact &= all([(x["idx"], x["predict"], x["radius"]) for x in r] == e for r, e in zip(crows, expected))
+        saved = time_saved(timing, len(runs))
+        for i in range(len(runs)):
+            live[i].append(saved.live[i])
+            trace[i].append(saved.trace[i])
+        multi.append(saved.multitask)
+        log(f"repetition {rep + 1}: multi-task {saved.multitask}, trace "
+            + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, saved.trace)))
+    rows = []
+    for i, (name, one) in enumerate(zip(names, loaded)):
+        t = one.meta.transfer
+        rows.append({"network": name, "pattern": t.pattern, "k": t.k, "frozen_prefix": t.frozen_prefix,
+                     "saved_live_pct": round(100 * statistics.median(live[i]), 1),
+                     "saved_trace_pct": round(100 * statistics.median(trace[i]), 1),
+                     "trace_range_pct": [round(100 * min(trace[i]), 1), round(100 * max(trace[i]), 1)]})
+    return {"benchmark": "transfer_time_saved", "run": str(run_dir), "repeats": repeats, "exact": exact,
+            "examples": settings.num_examples, "n": settings.n, "batch_size": settings.batch_size,
+            "torch_threads": torch.get_num_threads(), "networks": rows,
+            "multitask_saved_pct": None if multi[0] is None else round(100 * statistics.median(multi), 1),
+            "multitask_range_pct": None if multi[0] is None else [round(100 * min(multi), 1),
+                                                                  round(100 * max(multi), 1)]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="noise samples per measurement")
@@ -322,11 +389,18 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/bench_smoothing")
+    ap.add_argument("--transfer", help="re-time the sparse networks of this finished transfer run (see above)")
     args = ap.parse_args()
     args.ks = [int(k) for k in args.ks.split(",")]
     torch.set_num_threads(args.threads)
     set_progress(False)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.transfer:
+        result = bench_transfer(Path(args.transfer), max(1, args.repeats), log)
+        log(markdown_table(result["networks"], ["network", "frozen_prefix", "saved_live_pct", "saved_trace_pct",
+                                                "trace_range_pct"]))
+        print(json.dumps(result))
+        return 0
     models = [m if m in model_zoo.MODELS else "resnet_small" for m in args.models.split(",")]
     test = load_dataset("synthetic", "test", num=8)
     x = test[0][0]

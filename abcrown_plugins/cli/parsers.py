@@ -96,7 +96,9 @@ def _register_abcrown(sub) -> None:
 
 def _register_smoothing(sub) -> None:
     ce = sub.add_parser("certify", help="randomized-smoothing certification (L2) of a checkpoint on a data split")
-    ce.add_argument("--checkpoint", required=True, help="checkpoint written by run/train/transfer")
+    ce.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                    help="checkpoint written by run/train/transfer; with --smoothing.engine differential, one or "
+                         "more downstream checkpoints of one base (several: certified together, multi-task)")
     ce.add_argument("--config", help="optional YAML config (smoothing.*, data.root, general.seed)")
     ce.add_argument("--output", help="output folder (default: results/certify-CKPT-HASH)")
     add_executor_args(ce)

@@ -122,6 +122,7 @@ SECTIONS: tuple[Section, ...] = (
         O("skip", Int(min=1), 1, "Certify every skip-th example of the split (Cohen et al. use 20 on CIFAR-10)."),
         O("split", Str(("test", "train")), "test", "Data split to certify."),
         O("radii", List(Float(min=0)), (0.0, 0.25, 0.5, 0.75, 1.0), "L2 radii of the certified-accuracy table."),
+        O("engine", Str(("dense", "differential")), "dense", "dense: certify the network itself; differential: certify downstream transfer checkpoints with the exact sparse differential engine against their recorded base, beside the dense certifier (identical rows, checked) with the time each accounting saves."),
     )),
     Section("transfer", "Sparse transfer learning (seed 000): pretrain on some attributes, fine-tune a sparse delta per downstream task.", (
         O("pretrain_attributes", List(Str()), ("shape", "fg_color", "bg_dark"), "Synthetic attributes the base network learns jointly (one head each)."),
@@ -143,7 +144,7 @@ SECTIONS: tuple[Section, ...] = (
         O("diffstab_eps", Eps(), 2 / 255, "L-inf radius of the IBP bounds that DiffStab compares, in [0,1] pixel units."),
         O("few_shot", Bool(), False, "Few-shot transfer: fine-tune on transfer.few_shot_fraction of the downstream training data."),
         O("few_shot_fraction", Float(min=0, max=1), 0.01, "Fraction of downstream training data in few-shot mode (stratified)."),
-        O("frozen_prefix", Int(min=0), 0, "Verification-aware allocation: the first N parametrised layers (forward order) get no update, so their outputs are reused bit for bit; the budget k goes to later layers."),
+        O("frozen_prefix", Optional(Int(min=0)), None, "Verification-aware allocation: the first N parametrised layers (forward order) get no update, so their outputs are reused bit for bit; the budget k goes to later layers. null: per pattern and k, the largest N whose later layers still hold the k budget; 0: any layer may change."),
         O("certify", Bool(), True, "Certify every downstream model with randomized smoothing (smoothing section) on smoothing.num_examples test images."),
         O("certify_radius", Float(min=0), 0.25, "L2 radius whose certified accuracy the transfer summary reports."),
     )),

@@ -14,23 +14,41 @@ folder follows the run-folder rule (:mod:`.rundir`) with the name
 ``run.json`` records what the rows depend on (:func:`certify_identity`: the
 checkpoint's content hash, not its path, the data and the certifier's settings),
 and a resume with anything different is refused with one line.
+
+``smoothing.engine differential`` (:func:`run_certify_all`) certifies downstream
+checkpoints of ``abcrown-plugins transfer`` with the exact differential engine
+against the base each records (its path in ``meta.transfer.base_checkpoint``, its
+content hash in ``meta.extra``: a missing or different base is one error line),
+beside the dense certifier on the same noise
+(:func:`abcrown_plugins.differential.certify_compared`): the same ``certify.tsv``
+rows as a dense run (identical certificates, checked), ``timing.tsv`` and
+``time_saved.md`` with seed 000's time saved per accounting (live, trace, and
+multi-task when several checkpoints of one base are certified together, which
+must classify the same images). One checkpoint writes into
+``certify-CKPT-TAG-differential``; several into ``certify-multitask-TAG`` with
+one ``CKPT-TAG`` folder each (CKPT: the file's stem, or its folder's name for a
+transfer run's ``RUN/checkpoint.pt``). It runs in this process (the comparison is timed
+side by side), whatever the executor settings.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from abcrown_plugins import checkpoints
 from abcrown_plugins.config import Config
+from abcrown_plugins.differential import certify_compared, time_saved
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.executor import ExecutorSettings, Task, run_tasks
 from abcrown_plugins.experiments.rundir import checkpoint_identity, claim_run_dir, run_dir
+from abcrown_plugins.experiments.transfer import BASE_HASH_KEY
 from abcrown_plugins.models import load_model
+from abcrown_plugins.report import markdown_table, write_markdown
 from abcrown_plugins.runtime import select_device, set_threads
 from abcrown_plugins.smoothing import warn_unreachable
 from abcrown_plugins.smoothing.run import (
@@ -43,7 +61,7 @@ from abcrown_plugins.smoothing.run import (
 )
 from abcrown_plugins.transfer.scenario import dataset_for_checkpoint
 
-__all__ = ["CertifyResult", "CertifySource", "certify_identity", "certify_task", "run_certify"]
+__all__ = ["CertifyResult", "CertifySource", "certify_identity", "certify_task", "run_certify", "run_certify_all"]
 
 
 @dataclass(frozen=True)
@@ -77,19 +95,45 @@ def certify_task(source: CertifySource, idx: int, settings: SmoothingSettings, s
 
 @dataclass(frozen=True)
 class CertifyResult:
-    """What a certify run produced: its folder, one row per example, the table, the settings and data set name."""
+    """What a certify run produced: its folder, one row per example, the table, the settings and data set name.
+
+    With the differential engine, ``time_saved`` holds seed 000's time saved of this
+    checkpoint (``live``, ``trace``; ``multitask``: of all checkpoints certified
+    together, None for one) and the seconds they come from (``dense_s``, ``live_s``,
+    ``trace_s``, ``record_s``, ``multitask_s``); None with the dense engine.
+    """
 
     out: Path
     rows: list[dict[str, Any]]
     table: list[dict[str, Any]]
     settings: SmoothingSettings
     dataset: str
+    time_saved: dict[str, float | None] | None = None
+    checkpoint: str | None = None
+
+
+def run_certify_all(cfg: Config, checkpoints_: Sequence[str | Path], out: str | Path | None = None,
+                    warn: Callable[[str], None] = lambda m: None) -> list[CertifyResult]:
+    """Certify every checkpoint of ``checkpoints_``: one with either engine, several (downstream checkpoints of
+    one base, certified together in multi-task mode) with ``smoothing.engine differential`` only."""
+    settings = SmoothingSettings.from_config(cfg)
+    if not checkpoints_:
+        raise UserError("name at least one checkpoint to certify")
+    if settings.engine == "differential":
+        return _run_differential(cfg, settings, list(checkpoints_), out, warn)
+    if len(checkpoints_) > 1:
+        raise UserError(f"{len(checkpoints_)} checkpoints given: several downstream checkpoints of one base are "
+                        "certified together only by the differential engine (pass --smoothing.engine differential); "
+                        "with the dense engine certify one checkpoint at a time")
+    return [run_certify(cfg, checkpoints_[0], out, warn)]
 
 
 def run_certify(cfg: Config, checkpoint: str | Path, out: str | Path | None = None,
                 warn: Callable[[str], None] = lambda m: None) -> CertifyResult:
     """Certify ``checkpoint`` as ``cfg``'s smoothing section says, on ``cfg``'s executor (module docstring)."""
     settings = SmoothingSettings.from_config(cfg)
+    if settings.engine == "differential":
+        return _run_differential(cfg, settings, [checkpoint], out, warn)[0]
     set_threads(cfg.general.num_threads)
     device = select_device(cfg.general.device)
     ckpt = str(checkpoints.resolve(checkpoint).resolve())
@@ -131,3 +175,108 @@ def certify_identity(cfg: Config, settings: SmoothingSettings, checkpoint: str, 
             "data.num_test": cfg.data.num_test, "general.seed": cfg.general.seed, "smoothing.sigma": settings.sigma,
             "smoothing.n0": settings.n0, "smoothing.n": settings.n, "smoothing.alpha": settings.alpha,
             "smoothing.batch_size": settings.batch_size, "device": str(device)}
+
+
+def _label(path: str | Path) -> str:
+    """A checkpoint's name in folder names: its stem, or its folder's name for a transfer run's ``checkpoint.pt``."""
+    p = Path(path)
+    return p.parent.name if p.stem == "checkpoint" and p.parent.name else p.stem
+
+
+def _recorded_base(paths: list[str], loaded, warn: Callable[[str], None]) -> tuple[str, str]:
+    """``(path, content hash)`` of the one base network every checkpoint records; UserError (one line) when a
+    checkpoint records none, when the base is missing or not the one recorded, or when they record different ones."""
+    bases = []
+    for path, one in zip(paths, loaded):
+        info = one.meta.transfer
+        if info is None or not info.base_checkpoint:
+            raise UserError(f"'{path}' is not a downstream checkpoint of `abcrown-plugins transfer` with a base "
+                            "network (no meta.transfer.base_checkpoint); certify it with --smoothing.engine dense")
+        base = Path(info.base_checkpoint)
+        if not base.is_file():
+            raise UserError(f"the base network '{base}' that '{path}' was fine-tuned from is missing; restore it "
+                            "or certify with --smoothing.engine dense")
+        found = checkpoint_identity(base)
+        recorded = one.meta.extra.get(BASE_HASH_KEY)
+        if recorded is None:
+            warn(f"'{path}' records no content hash of its base network, so '{base}' cannot be checked to be the "
+                 "one it was fine-tuned from (the certificates stay exact: the engine compares the networks "
+                 "bit for bit)")
+        elif recorded != found:
+            raise UserError(f"the base network '{base}' is not the one '{path}' was fine-tuned from (content "
+                            f"{found[:19]}..., recorded {str(recorded)[:19]}...); restore that base or certify "
+                            "with --smoothing.engine dense")
+        bases.append((str(base.resolve()), found))
+    if len({h for _, h in bases}) > 1:
+        raise UserError(f"the checkpoints were fine-tuned from different base networks ('{bases[0][0]}', "
+                        f"'{next(b for b, h in bases if h != bases[0][1])}'); certify together only downstream "
+                        "checkpoints of one base")
+    return bases[0]
+
+
+def _run_differential(cfg: Config, settings: SmoothingSettings, given: list[str | Path], out: str | Path | None,
+                      warn: Callable[[str], None]) -> list[CertifyResult]:
+    """Downstream checkpoints certified densely and by the engine side by side (module docstring)."""
+    set_threads(cfg.general.num_threads)
+    device = select_device(cfg.general.device)
+    paths = [str(checkpoints.resolve(c).resolve()) for c in given]
+    hashes = [checkpoint_identity(p) for p in paths]
+    if len(set(hashes)) != len(hashes):
+        raise UserError("the same checkpoint (by content) is given twice; name each downstream checkpoint once")
+    loaded = [load_model(p, device=device) for p in paths]
+    base_path, base_hash = _recorded_base(paths, loaded, warn)
+    datasets = [dataset_for_checkpoint(one.meta, settings.split, cfg.data.root, cfg.data.num_test,
+                                       seed=cfg.general.seed) for one in loaded]
+    base = load_model(base_path, device=device).model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        msg = warn_unreachable(settings.radii, settings.n, settings.alpha, settings.sigma)
+    if msg:
+        warn(msg)
+    if cfg.executor.kind != "local" or cfg.executor.workers > 1:
+        warn("the differential engine certifies in this process (dense and engine timed side by side); the "
+             "executor settings are not used")
+    names = [f"{_label(c)}-{h[7:13]}" for c, h in zip(given, hashes)]
+    if len(paths) == 1:
+        folder = run_dir(cfg, out, name=f"certify-{names[0]}-differential")
+        dirs = [folder]
+    else:
+        digest = hashlib.sha256(",".join(sorted(hashes)).encode()).hexdigest()[:6]
+        folder = run_dir(cfg, out, name=f"certify-multitask-{digest}")
+        dirs = [folder / n for n in names]
+    identity = {**certify_identity(cfg, settings, ",".join(hashes), device), "smoothing.engine": "differential",
+                "base_checkpoint": base_hash}
+    in_header = ("smoothing.sigma", "smoothing.n0", "smoothing.n", "smoothing.alpha", "general.seed", "checkpoint")
+    common = "; ".join(f"{k}={v}" for k, v in identity.items() if k not in in_header)
+    tags = [f"checkpoint={h}; {common}" for h in hashes]
+    with claim_run_dir(folder, cfg, "certify", identity, config_bound=False):
+        crows, timing = certify_compared(base, [one.model.eval() for one in loaded], datasets, settings, dirs,
+                                         folder / "timing.tsv", device, cfg.general.seed, tags,
+                                         desc="certify (dense and differential)")
+        saved = time_saved(timing, len(paths))
+        results = []
+        for t, (path, d) in enumerate(zip(given, dirs)):
+            table = write_report(crows[t], settings, d, title=f"certified accuracy of {Path(path).name} "
+                                                              "(differential engine, checked against dense)")
+            ts = {"live": saved.live[t], "trace": saved.trace[t], "multitask": saved.multitask,
+                  "dense_s": saved.dense_s[t], "live_s": saved.live_s[t], "trace_s": saved.trace_s[t],
+                  "record_s": saved.record_s, "multitask_s": saved.multitask_s}
+            results.append(CertifyResult(d, crows[t], table, settings, datasets[t].info.name, ts, paths[t]))
+        write_markdown(folder / "time_saved.md", _time_saved_text(results, saved, settings))
+    return results
+
+
+def _time_saved_text(results: list[CertifyResult], saved, settings: SmoothingSettings) -> str:
+    rows = [{"checkpoint": str(r.checkpoint), "dense_s": r.time_saved["dense_s"],
+             "live": 100 * r.time_saved["live"], "trace": 100 * r.time_saved["trace"]} for r in results]
+    text = (f"# time saved by the differential engine\n\n{saved.examples} examples, {settings.guarantee()}. Every "
+            f"certificate of the engine equals the dense certifier's on the same noise (checked). Time saved = 1 - "
+            f"engine seconds / dense seconds; live: the network alone, base prefix recomputed; trace: the base's "
+            f"activations on that noise reused (recording them took {saved.record_s:.3f} s, not charged).\n\n"
+            + markdown_table(rows, ["checkpoint", "dense_s", "live", "trace"],
+                             ["checkpoint", "dense certification (s)", "time saved, live (%)",
+                              "time saved, trace (%)"], digits=2))
+    if saved.multitask is not None:
+        text += (f"\n\nMulti-task: the {len(results)} networks in one shared pass took {saved.multitask_s:.3f} s "
+                 f"against {sum(saved.dense_s):.3f} s of dense runs: time saved {100 * saved.multitask:.2f} %.")
+    return text

@@ -30,10 +30,13 @@ from abcrown_plugins.report import markdown_table, new_figure, save_figure, writ
 from abcrown_plugins.runtime import progress
 from abcrown_plugins.smoothing.certify import ABSTAIN, certify, check_settings
 
-__all__ = ["COLUMNS", "SmoothingSettings", "certified_accuracy", "certify_dataset", "certify_example",
-           "example_indices", "open_tsv", "read_tsv", "write_report", "write_tsv"]
+__all__ = ["COLUMNS", "ENGINES", "SmoothingSettings", "certified_accuracy", "certify_dataset", "certify_example",
+           "example_generator", "example_indices", "open_tsv", "read_tsv", "write_report", "write_tsv"]
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+#: ``smoothing.engine``: the network itself, or the exact differential engine beside it
+#: (:mod:`abcrown_plugins.differential.run`).
+ENGINES = ("dense", "differential")
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,12 @@ class SmoothingSettings:
     skip: int = 1
     split: str = "test"
     radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    engine: str = "dense"
 
     def __post_init__(self) -> None:
         check_settings(self.sigma, self.alpha, self.n, self.n0, self.batch_size)
+        if self.engine not in ENGINES:
+            raise UserError(f"smoothing.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.skip < 1:
             raise UserError(f"smoothing.skip must be >= 1, got {self.skip}")
         if self.num_examples is not None and self.num_examples < 1:
@@ -61,7 +67,7 @@ class SmoothingSettings:
     def from_config(cls, cfg) -> "SmoothingSettings":
         s = cfg.smoothing
         return cls(sigma=s.sigma, n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size,
-                   num_examples=s.num_examples, skip=s.skip, split=s.split, radii=tuple(s.radii))
+                   num_examples=s.num_examples, skip=s.skip, split=s.split, radii=tuple(s.radii), engine=s.engine)
 
     def guarantee(self) -> str:
         return (f"each prediction and radius holds with probability >= 1 - alpha = {1 - self.alpha:.6g} "
@@ -124,12 +130,21 @@ def write_tsv(path: Path, header: str, rows: Sequence[dict[str, Any]]) -> None:
     _write_tsv(path, header, sorted(rows, key=lambda r: r["idx"]))
 
 
+def example_generator(seed: int, idx: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The noise generator of example ``idx``: seeded by ``(seed, idx)`` only, on ``device``.
+
+    Every certifier of a data set (dense, differential) draws example ``idx``'s
+    noise from a generator in this state, so their rows are comparable.
+    """
+    return torch.Generator(device=torch.device(device)).manual_seed(seed * 1_000_003 + idx)
+
+
 def certify_example(forward: Callable[[Tensor], Tensor], dataset, idx: int, settings: SmoothingSettings,
                     device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
-    """The TSV row of example ``idx``; its noise comes from a generator seeded by ``(seed, idx)`` only."""
+    """The TSV row of example ``idx``; its noise comes from :func:`example_generator` ``(seed, idx)``."""
     device = torch.device(device)
     x, label = dataset[idx]
-    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + idx)
+    generator = example_generator(seed, idx, device)
     res = certify(forward, x.to(device), settings.n0, settings.n, settings.alpha, settings.sigma,
                   dataset.info.num_classes, settings.batch_size, generator)
     return {"idx": idx, "label": int(label), "predict": res.prediction, "radius": res.radius,

@@ -15,6 +15,7 @@ from abcrown_plugins.transfer.masks import (
     prefix_mac_fraction,
     select_units,
     unit_layout,
+    verification_aware_prefix,
 )
 from abcrown_plugins.transfer.rigl import drop_fraction_at, rigl_update
 from abcrown_plugins.transfer.scenario import (
@@ -27,4 +28,5 @@ from abcrown_plugins.transfer.scenario import (
 
 __all__ = ["PATTERNS", "SCENARIO", "MultiAttributeSet", "UnitLayout", "attribute_task", "build_mask",
            "classifier_names", "dataset_for_checkpoint", "diffstab_loss", "drop_fraction_at", "layer_order",
-           "mask_count", "prefix_mac_fraction", "pretrain_set", "rigl_update", "select_units", "unit_layout"]
+           "mask_count", "prefix_mac_fraction", "pretrain_set", "rigl_update", "select_units", "unit_layout",
+           "verification_aware_prefix"]

@@ -19,6 +19,11 @@ A :class:`UnitLayout` maps every entry to its unit; :func:`select_units` picks
 units greedily by score without exceeding ``round(k * total)``, so the count is
 within one unit (one parameter, one channel, one block) of the target.
 Masks are plain ``{param name: bool tensor}`` covering *every* parameter.
+
+Verification-aware allocation: a frozen prefix of layers gets no units, so
+its outputs equal the base network's bit for bit and a differential certifier
+reuses them (:mod:`abcrown_plugins.differential`). :func:`verification_aware_prefix`
+gives the longest prefix whose later layers still hold the budget k.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from abcrown_plugins.errors import UserError
 from abcrown_plugins.pruning.flops import layer_macs
 
 __all__ = ["PATTERNS", "UnitLayout", "build_mask", "classifier_names", "layer_order", "mask_count",
-           "prefix_mac_fraction", "select_units", "unit_layout"]
+           "prefix_mac_fraction", "select_units", "unit_layout", "verification_aware_prefix"]
 
 PATTERNS = ("unstructured", "structured", "groupwise")
 
@@ -230,6 +235,25 @@ def unit_layout(model: nn.Module, pattern: str, frozen_prefix: int = 0,
         pool = torch.tensor([keys.setdefault((layer_ids[u], sizes[u]), len(keys)) for u in range(len(sizes))])
     total = sum(p.numel() for n, p in params.items() if n not in classifier)
     return UnitLayout(pattern, unit_of, size, pool, torch.tensor(layer_ids, dtype=torch.int64), total, bn_gamma)
+
+
+def verification_aware_prefix(model: nn.Module, pattern: str, k: float, group_shape: tuple[int, int] = (4, 4)) -> int:
+    """The largest ``frozen_prefix`` whose unfrozen layers still hold ``round(k * total)`` parameters of ``pattern``.
+
+    Layers as :func:`unit_layout` counts them (a BatchNorm with the layer it
+    follows; the classifier is never frozen nor counted). 0 when even the whole
+    network is needed. The longest shared prefix is what the differential engine
+    reuses; the cost is that the first layers cannot adapt to the new task.
+    """
+    layout = unit_layout(model, pattern, 0, group_shape)
+    budget = int(round(k * layout.total))
+    if layout.num_units == 0:
+        return 0
+    best = 0
+    for f in range(int(layout.layer.max()) + 1):
+        if int(layout.size[layout.layer >= f].sum()) >= budget:
+            best = f
+    return best
 
 
 def select_units(scores: Tensor, sizes: Tensor, budget: int) -> Tensor:

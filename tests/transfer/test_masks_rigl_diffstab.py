@@ -18,7 +18,9 @@ from abcrown_plugins.transfer import (
     rigl_update,
     select_units,
     unit_layout,
+    verification_aware_prefix,
 )
+from abcrown_plugins.transfer.masks import layer_order, prefix_mac_fraction
 from abcrown_plugins.transfer.diffstab import DiffStabTerm
 from abcrown_plugins.transfer.finetune import FitSettings, SparseDelta, fit
 from tests.conftest import randomize_batchnorm
@@ -37,6 +39,27 @@ def _scores(model, seed=0):
 
 def _tolerance(layout) -> int:
     return int(layout.size.max()) if layout.pattern != "unstructured" else 0
+
+
+@pytest.mark.parametrize("arch", ["cnn_small", "resnet_small"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_verification_aware_prefix_is_the_longest_that_holds_the_budget(arch, pattern):
+    model = _model(arch)
+    layers = int(unit_layout(model, pattern).layer.max()) + 1
+    seen = set()
+    for k in (*RATIOS, 0.9, 1.0):
+        f = verification_aware_prefix(model, pattern, k)
+        seen.add(f)
+        layout = unit_layout(model, pattern, f)
+        budget = round(k * layout.total)
+        assert int(layout.size.sum()) >= budget  # the unfrozen layers hold k ...
+        if f + 1 < layers:  # ... and freezing one more layer would not
+            assert int(unit_layout(model, pattern, f + 1).size.sum()) < budget
+        mask = build_mask(model, layout, _scores(model), k)  # so the mask is built, and nothing in the prefix
+        frozen = [n for n, _ in layer_order(model)][:f]
+        assert not any(bool(mask[f"{n}.{p}"].any()) for n in frozen for p in ("weight", "bias") if f"{n}.{p}" in mask)
+        assert f == 0 or prefix_mac_fraction(model, mask, (3, 32, 32)) > 0
+    assert len(seen) >= 2 and 0 in seen  # k = 1 needs every layer; small k leaves a prefix
 
 
 @pytest.mark.parametrize("arch", ["cnn_small", "resnet_small"])

@@ -257,8 +257,11 @@ def run_pruning(cfg: Config, out: Path | None = None) -> tuple[Path, list[dict[s
     method = get_method(cfg.pruning.method)
     d = cfg.data
     info = run_info(cfg)  # the data set's, with data.mean / data.std
-    train_set = load_dataset(d.dataset, "train", d.root, d.num_train, seed=cfg.general.seed).with_info(info)
     test_set = load_dataset(d.dataset, "test", d.root, d.num_test, seed=cfg.general.seed).with_info(info)
+    if _needs_training_data(cfg, method):
+        train_set = load_dataset(d.dataset, "train", d.root, d.num_train, seed=cfg.general.seed).with_info(info)
+    else:  # one-shot pruning of a given network by a data-free criterion: no training split needed
+        train_set = test_set.select(torch.zeros(0, dtype=torch.long))
     net = start_model(cfg.model.arch, cfg.model.checkpoint, train_set.info)
     model, start = net.model, net.start
     identity = dict(net.identity)  # the weights' content, not their path
@@ -269,6 +272,18 @@ def run_pruning(cfg: Config, out: Path | None = None) -> tuple[Path, list[dict[s
     mask = initial_mask(method, model, cfg.pruning.scope)
     with claim_run_dir(out, cfg, "pruning", identity):
         return _run_rounds(cfg, out, device, method, train_set, test_set, net, mask)
+
+
+#: Criteria that score weights with training data (gradients or learned scores).
+_DATA_CRITERIA = ("snip", "taylor", "hydra")
+
+
+def _needs_training_data(cfg: Config, method: PruningMethod) -> bool:
+    """Whether any epoch trains, or the pruning criterion reads training data."""
+    p = cfg.pruning
+    finetune = p.finetune_epochs if (p.rewind == "none" and p.finetune_epochs is not None) else cfg.training.epochs
+    pruned = p.rounds > 0
+    return cfg.training.epochs > 0 or (pruned and (finetune > 0 or method.criterion in _DATA_CRITERIA))
 
 
 def _run_rounds(cfg: Config, out: Path, device: torch.device, method: PruningMethod, train_set, test_set,

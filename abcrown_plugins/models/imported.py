@@ -6,8 +6,8 @@ against onnxruntime), behind a :class:`model_zoo.layers.Normalize` that folds th
 data set's normalisation (``data.mean``, ``data.std``) in, so the network takes
 [0,1] pixels like the zoo's and its exports. A ``python:`` network is built by
 calling ``FUNCTION()`` from ``MODULE`` (a dotted module name or a ``.py`` file),
-loads ``model.checkpoint`` (a plain ``state_dict``, or ``{"state_dict": ...}``,
-read with ``weights_only=True``) and is exported to ONNX once; its conversion is
+loads ``model.checkpoint`` (a plain ``state_dict``, or ``{"state_dict": ...}``, also
+with a one-element list inside as ERAN's files have; read with ``weights_only=True``) and is exported to ONNX once; its conversion is
 checked against the user's module.
 
 Checkpoints of an imported network keep its ONNX graph (``ModelMeta.graph``, bytes)
@@ -181,8 +181,10 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     except Exception as e:  # unpickling errors of all kinds
         raise UserError(f"model.checkpoint '{path}' cannot be read safely (weights_only): "
                         f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+    if isinstance(data, dict) and "state_dict" in data:
         data = data["state_dict"]
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):  # ERAN's [state_dict] files
+        data = data[0]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise UserError(f"model.checkpoint '{path}' is not a state_dict (name -> tensor) or {{'state_dict': ...}}")
     if data and all(k.startswith("module.") for k in data):  # saved from DataParallel

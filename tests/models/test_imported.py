@@ -156,3 +156,36 @@ def test_exported_file_names_are_safe(user_files, info):
     meta = ModelMeta.for_data(f"onnx:{folder / 'net.onnx'}", info, source={"kind": "onnx", "path": "/x/my net.onnx"})
     assert meta.net_name == "my_net" and meta.data_name == "synthetic"
     assert ModelMeta.for_data("cnn_small", info).replace(dataset="npy:/data/cifar sample").data_name == "npy_cifar_sample"
+
+
+def test_eran_style_list_wrapped_state_dict_loads(user_files):
+    folder, net = user_files
+    torch.save({"state_dict": [net.state_dict()], "acc": 0.9}, folder / "eran.pth")
+    imp = import_network(f"python:{folder / 'usernet.py'}:net", str(folder / "eran.pth"), SHAPE, (0.0,) * 3,
+                         (1.0,) * 3, 10)
+    x = torch.rand(2, *SHAPE)
+    torch.testing.assert_close(imp.model(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_one_shot_pruning_needs_no_training_split(user_files, tmp_path, capsys):
+    """Magnitude pruning of a given network without training reads only the test split; fine-tuning needs train/."""
+    folder, _ = user_files
+    data = npy_folder(tmp_path / "npy")
+    for f in (data / "train").iterdir():
+        f.unlink()
+    (data / "train").rmdir()
+    cfg = tmp_path / "oneshot.yaml"
+    cfg.write_text(f"""
+general: {{name: oneshot, seed: 0, progress: false}}
+model: {{arch: "onnx:{folder / 'net.onnx'}"}}
+data: {{dataset: "npy:{data}"}}
+training: {{method: standard, epochs: 0}}
+pruning: {{method: magnitude, rounds: 1, rate: 0.5, rewind: none, finetune_epochs: 0, scope: conv+linear}}
+verification: {{eps: 1/255, pgd_steps: 0}}
+""")
+    assert main(["run", str(cfg), "--output", str(tmp_path / "a")]) == 0
+    final = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]["final"]
+    assert abs(final["weight_remain_ratio"] - 0.5) < 0.01
+    assert main(["run", str(cfg), "--output", str(tmp_path / "b"), "--pruning.finetune_epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train" in err[0] and "X.npy" in err[0]

@@ -29,8 +29,8 @@ from torch import fx, nn
 from abcrown_plugins.errors import UserError
 from model_zoo.layers import Normalize
 
-__all__ = ["FUNCTION_KINDS", "METHOD_KINDS", "MODULE_KINDS", "NetGraph", "Op", "kind_of", "kind_of_module",
-           "structure", "trace"]
+__all__ = ["FUNCTION_KINDS", "METHOD_KINDS", "MODULE_KINDS", "NetGraph", "Op", "fetch_attr", "kind_of",
+           "kind_of_module", "structure", "trace"]
 
 #: Module type -> kind (checked in order with isinstance, so subclasses and parametrized modules match).
 #: Every consumer keys its rules by these kinds; a kind a consumer has no rule for is its own clear error
@@ -254,7 +254,7 @@ def evaluate_arg(arg: Any, env: dict[fx.Node, Any], root: nn.Module) -> Any:
         if arg in env:
             return env[arg]
         if arg.op == "get_attr":
-            value = _fetch(root, arg.target)
+            value = fetch_attr(root, arg.target)
         else:
             fn = arg.target if arg.op == "call_function" else None
             args = [evaluate_arg(a, env, root) for a in arg.args]
@@ -267,7 +267,8 @@ def evaluate_arg(arg: Any, env: dict[fx.Node, Any], root: nn.Module) -> Any:
     return arg
 
 
-def _fetch(root: nn.Module, target: str) -> Any:
+def fetch_attr(root: nn.Module, target: str) -> Any:
+    """The attribute ``target`` (dotted, as a ``get_attr`` node names it) of ``root``."""
     obj: Any = root
     for part in target.split("."):
         obj = getattr(obj, part)

@@ -53,6 +53,7 @@ import torch
 from torch import fx, nn
 
 from abcrown_plugins.errors import UserError
+from abcrown_plugins.graph.structure import fetch_attr
 from abcrown_plugins.graph.structure import kind_of as graph_kind_of
 from abcrown_plugins.graph.structure import trace
 
@@ -230,16 +231,9 @@ class _Walk:
             if v is SHAPE:
                 return True
             if v is CONST and arg.op == "get_attr":
-                t = _fetch(self.root, arg.target)
+                t = fetch_attr(self.root, arg.target)
                 return isinstance(t, torch.Tensor) and t.numel() == 1
         return False
-
-
-def _fetch(root: nn.Module, target: str) -> Any:
-    obj: Any = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:

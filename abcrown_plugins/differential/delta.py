@@ -36,7 +36,7 @@ import difflib
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from abcrown_plugins.errors import UserError
 
@@ -122,6 +122,9 @@ def module_changes(base: nn.Module, tuned: nn.Module) -> dict[str, Change]:
     differ in anything but leaf shapes (a different architecture).
     """
     mb, mt = dict(base.named_modules()), dict(tuned.named_modules())
+    if any(isinstance(m, fx.GraphModule) for m in (*mb.values(), *mt.values())):
+        raise UserError("the differential engine knows the zoo's module layouts; an imported network "
+                        "(onnx:, python:) is certified with the dense engine (smoothing.engine dense)")
     if set(mb) != set(mt):
         extra = sorted(set(mb) ^ set(mt))[:3]
         raise UserError(f"fine-tuned network's modules differ from the base's (e.g. {extra}); "

@@ -189,3 +189,13 @@ verification: {{eps: 1/255, pgd_steps: 0}}
     assert main(["run", str(cfg), "--output", str(tmp_path / "b"), "--pruning.finetune_epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train" in err[0] and "X.npy" in err[0]
+
+
+def test_the_differential_engine_refuses_imported_networks_in_one_line(user_files, info):
+    from abcrown_plugins.differential import DifferentialEngine
+
+    folder, _ = user_files
+    base = import_network(f"onnx:{folder / 'net.onnx'}", None, SHAPE, (0.0,) * 3, (1.0,) * 3).model
+    tuned = import_network(f"onnx:{folder / 'net.onnx'}", None, SHAPE, (0.0,) * 3, (1.0,) * 3).model
+    with pytest.raises(UserError, match="differential engine knows the zoo's module layouts.*smoothing.engine dense"):
+        DifferentialEngine(base, [tuned])

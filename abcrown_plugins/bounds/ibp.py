@@ -326,9 +326,10 @@ def _concat(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
 def _arith(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
     """x + y, x - y of two boxes; x + c, x - c, c - x, c * x, x / c with a constant c."""
     boxes = dict(zip(op.inputs, ins))
-    node_ops = {o.node: o.index for o in walk.graph.ops}
-    args = [boxes.get(node_ops.get(a)) if isinstance(a, fx.Node) and a in node_ops else
-            evaluate_arg(a, dict(walk.shapes), walk.graph.root) for a in op.node.args[:2]]
+    index = walk.graph.index
+    # constants and shape values are evaluated into the walk's shape environment (cached for the call)
+    args = [boxes.get(index[a]) if isinstance(a, fx.Node) and a in index else
+            evaluate_arg(a, walk.shapes, walk.graph.root) for a in op.node.args[:2]]
     if len(args) != 2 or op.node.kwargs:
         raise UserError(f"IBP: node '{op.node.name}' ({op.kind}) with arguments {op.node.args!r} is not supported")
     x, y = args

@@ -48,7 +48,14 @@ from abcrown_plugins.errors import UserError
 from abcrown_plugins.fileio import atomic_write_text
 from abcrown_plugins.runtime import progress
 from abcrown_plugins.smoothing.certify import ABSTAIN
-from abcrown_plugins.smoothing.run import SmoothingSettings, example_generator, example_indices, open_tsv, write_tsv
+from abcrown_plugins.smoothing.run import (
+    SmoothingSettings,
+    example_generator,
+    example_indices,
+    open_tsv,
+    read_rows,
+    write_tsv,
+)
 
 __all__ = ["TIMING_COLUMNS", "TimeSaved", "certify_compared", "read_timing", "time_saved"]
 
@@ -105,17 +112,9 @@ def _timing_header(settings: SmoothingSettings, seed: int, tags: Sequence[str]) 
 
 def read_timing(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
     """``(comment line, rows)`` of a ``timing.tsv``: idx and task int, seconds float, multitask_s None when empty."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    if len(lines) < 2 or not lines[0].startswith("#") or lines[1].split("\t") != list(TIMING_COLUMNS):
-        raise UserError(f"'{path}' is not a timing.tsv written by abcrown-plugins; pass another --output")
-    rows = []
-    for line in lines[2:]:
-        if not line.strip():
-            continue
-        v = line.split("\t")
-        rows.append({"idx": int(v[0]), "task": int(v[1]), "dense_s": float(v[2]), "live_s": float(v[3]),
-                     "trace_s": float(v[4]), "record_s": float(v[5]), "multitask_s": float(v[6]) if v[6] else None})
-    return lines[0], rows
+    return read_rows(path, TIMING_COLUMNS, "timing.tsv", lambda v: {
+        "idx": int(v[0]), "task": int(v[1]), "dense_s": float(v[2]), "live_s": float(v[3]), "trace_s": float(v[4]),
+        "record_s": float(v[5]), "multitask_s": float(v[6]) if v[6] else None})
 
 
 def _seconds(value: float) -> float:

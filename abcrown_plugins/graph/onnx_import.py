@@ -58,12 +58,9 @@ class _Build:
     fused: set[str] = field(default_factory=set)              # nodes folded into an earlier one
     count: int = 0
 
-    def name(self, node: onnx.NodeProto, kind: str) -> str:
-        self.count += 1
-        return f"{kind}{self.count}"
-
     def add_module(self, node: onnx.NodeProto, kind: str, module: nn.Module, inp: fx.Node) -> fx.Node:
-        name = self.name(node, kind)
+        self.count += 1
+        name = f"{kind}{self.count}"
         self.root.add_module(name, module)
         return self.graph.call_module(name, (inp,))
 
@@ -263,8 +260,8 @@ CONVERTERS: dict[str, Callable[[_Build, onnx.NodeProto], fx.Node]] = {
 }
 
 
-def _observe(model: onnx.ModelProto, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Every value of the graph on one random input (onnxruntime, every intermediate exposed)."""
+def _observe(model: onnx.ModelProto, shape: tuple[int, ...]):
+    """Every value of the graph on one random input, and the onnxruntime session (every intermediate exposed)."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
@@ -290,7 +287,7 @@ def _observe(model: onnx.ModelProto, shape: tuple[int, ...]) -> dict[str, np.nda
     values[name] = x
     for init in model.graph.initializer:
         values[init.name] = numpy_helper.to_array(init)
-    return values
+    return values, sess
 
 
 def _data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -337,12 +334,14 @@ def _constant_values(b: _Build) -> None:
             b.shape_only.update(node.output)
 
 
-def import_onnx(source: str | Path | bytes, flat_input: tuple[int, int, int] | None = None) -> fx.GraphModule:
+def import_onnx(source: str | Path | bytes, flat_input: tuple[int, int, int] | None = None,
+                image_shape: tuple[int, int, int] | None = None) -> fx.GraphModule:
     """Convert an ONNX classifier (file or bytes) to an eval-mode ``fx.GraphModule``.
 
     The module takes N x C x H x W inputs. An ONNX model whose input is flat
     (N x D) gets a leading Flatten when ``flat_input`` (C, H, W) with
-    C*H*W = D is given. The result is checked against onnxruntime on random
+    C*H*W = D is given. With ``image_shape``, an image input of another shape
+    is a UserError naming both. The result is checked against onnxruntime on random
     inputs (max abs difference <= 1e-5 + 1e-5 * max |logit|); a mismatch is a
     UserError.
     """
@@ -353,7 +352,10 @@ def import_onnx(source: str | Path | bytes, flat_input: tuple[int, int, int] | N
     except Exception:  # shape inference is only a help here
         pass
     shape = onnx_input_shape(model)
-    values = _observe(model, shape)
+    if image_shape is not None and len(shape) == 3 and tuple(shape) != tuple(image_shape):
+        raise UserError(f"the ONNX network takes inputs of shape {tuple(shape)} but the data set's are "
+                        f"{tuple(image_shape)}; choose the data set the network was made for")
+    values, sess = _observe(model, shape)
     b = _Build(model, values)
     _constant_values(b)
     for node in model.graph.node:
@@ -385,28 +387,22 @@ def import_onnx(source: str | Path | bytes, flat_input: tuple[int, int, int] | N
         raise UserError(f"ONNX output '{out}' does not depend on the input")
     b.graph.output(b.env[out])
     gm = fx.GraphModule(b.root, b.graph, class_name="ImportedNet").eval()
-    _check_against_onnxruntime(gm, model, shape if len(shape) == 3 else flat_input, what)
+    _check_against_onnxruntime(gm, sess, out, shape, shape if len(shape) == 3 else flat_input, what)
     return gm
 
 
-def _check_against_onnxruntime(gm: fx.GraphModule, model: onnx.ModelProto, image: tuple[int, ...],
-                               what: str, checks: int = 4) -> None:
-    import onnxruntime as ort
-
+def _check_against_onnxruntime(gm: fx.GraphModule, sess, output: str, onnx_shape: tuple[int, ...],
+                               image: tuple[int, ...], what: str, checks: int = 4) -> None:
+    """``gm`` against the observing session's ``output`` on ``checks`` random inputs."""
     from abcrown_plugins.numerics import compare_logits
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    onnx_shape = onnx_input_shape(model)
     gen = torch.Generator().manual_seed(1)
     refs, gots = [], []
     with torch.no_grad():
         for _ in range(checks):
             x = torch.rand(1, *image, generator=gen)
-            refs.append(sess.run(None, {name: x.reshape(1, *onnx_shape).numpy()})[0].reshape(1, -1))
+            refs.append(sess.run([output], {name: x.reshape(1, *onnx_shape).numpy()})[0].reshape(1, -1))
             gots.append(gm(x).reshape(1, -1).numpy())
     compare_logits(np.concatenate(refs), np.concatenate(gots), f"import of {what} (torch vs onnxruntime)")
 

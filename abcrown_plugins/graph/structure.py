@@ -154,6 +154,7 @@ class NetGraph:
     root: nn.Module
     consumers: tuple[tuple[int, ...], ...]   # per operation, the operations reading its output
     shape_read: frozenset[int]               # operations whose output's shape some shape computation reads
+    index: dict[fx.Node, int]                # fx node -> the index of its operation
 
     def users(self, index: int) -> list[Op]:
         return [self.ops[i] for i in self.consumers[index]]
@@ -225,7 +226,7 @@ def _trace(model: nn.Module) -> NetGraph:
         raise UserError("the traced network has no output")
     consumers = tuple(tuple(o.index for o in ops if op.index in o.inputs) for op in ops)
     shape_read = frozenset(op.index for op in ops if any(u in shape_nodes for u in op.node.users))
-    return NetGraph(tuple(ops), output, graph, root, consumers, shape_read)
+    return NetGraph(tuple(ops), output, graph, root, consumers, shape_read, index)
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, NetGraph]" = weakref.WeakKeyDictionary()

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from abcrown_plugins.errors import UserError
-from abcrown_plugins.graph import import_onnx, onnx_input_shape
+from abcrown_plugins.graph import import_onnx
 from model_zoo.layers import Normalize
 
 __all__ = ["IMPORT_SCHEMES", "Imported", "import_network", "is_imported", "rebuild"]
@@ -89,10 +89,10 @@ def import_network(arch: str, checkpoint: str | None, shape: tuple[int, int, int
         graph = data
         source = {"kind": "onnx", "path": str(path.resolve()), "sha256": _sha256(data)}
     elif arch.startswith("python:"):
-        user = _python_module(arch, checkpoint)
+        user, digest = _python_module(arch, checkpoint)
         graph = _export(user, shape, arch)
         source = {"kind": "python", "spec": arch[len("python:"):], "checkpoint": str(Path(checkpoint).resolve()),
-                  "sha256": _sha256(Path(checkpoint).read_bytes())}
+                  "sha256": digest}
     else:
         raise UserError(f"model.arch {arch!r} is not an imported network (use onnx:PATH or python:MODULE:FUNCTION)")
     model = rebuild(graph, shape, mean, std)
@@ -106,24 +106,11 @@ def import_network(arch: str, checkpoint: str | None, shape: tuple[int, int, int
 
 def rebuild(graph: bytes, shape: tuple[int, int, int], mean, std) -> nn.Module:
     """The network of stored ONNX ``graph`` bytes for inputs of ``shape``, normalisation in front."""
-    onnx_shape = onnx_input_shape(_load_proto(graph))
-    if len(onnx_shape) == 3 and tuple(onnx_shape) != tuple(shape):
-        raise UserError(f"the ONNX network takes inputs of shape {tuple(onnx_shape)} but the data set's are "
-                        f"{tuple(shape)}; choose the data set the network was made for")
-    gm = import_onnx(graph, flat_input=tuple(shape))
-    return _wrap(gm, mean, std)
+    return _wrap(import_onnx(graph, flat_input=tuple(shape), image_shape=tuple(shape)), mean, std)
 
 
-def _load_proto(graph: bytes):
-    import onnx
-
-    try:
-        return onnx.load_from_string(graph)
-    except Exception as e:  # protobuf's DecodeError
-        raise UserError(f"not a readable ONNX model ({type(e).__name__})") from None
-
-
-def _python_module(arch: str, checkpoint: str | None) -> nn.Module:
+def _python_module(arch: str, checkpoint: str | None) -> tuple[nn.Module, str]:
+    """The user's module with ``checkpoint`` loaded, and the checkpoint file's content hash."""
     spec = arch[len("python:"):]
     module_name, sep, func_name = spec.rpartition(":")
     if not sep or not module_name or not func_name:
@@ -141,13 +128,13 @@ def _python_module(arch: str, checkpoint: str | None) -> nn.Module:
                         "wrap it in a function that passes them") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model.arch {arch}: {func_name}() returned {type(model).__name__}, not an nn.Module")
-    state = _read_state_dict(checkpoint)
+    state, digest = _read_state_dict(checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UserError(f"model.checkpoint '{checkpoint}' does not fit {func_name}(): "
                         f"{str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()[:200]}") from None
-    return model.eval()
+    return model.eval(), digest
 
 
 def _import_user_module(name: str):
@@ -173,11 +160,16 @@ def _import_user_module(name: str):
             sys.path.remove(extra)
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state_dict in ``path`` (wrappers undone) and the file's sha256, from one read."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"model.checkpoint '{path}' does not exist") from None
+    except OSError as e:
+        raise UserError(f"model.checkpoint '{path}' cannot be read ({e.strerror or e})") from None
+    try:
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors of all kinds
         raise UserError(f"model.checkpoint '{path}' cannot be read safely (weights_only): "
                         f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
@@ -189,7 +181,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise UserError(f"model.checkpoint '{path}' is not a state_dict (name -> tensor) or {{'state_dict': ...}}")
     if data and all(k.startswith("module.") for k in data):  # saved from DataParallel
         data = {k[len("module."):]: v for k, v in data.items()}
-    return data
+    return data, _sha256(raw)
 
 
 def _export(model: nn.Module, shape: tuple[int, int, int], arch: str) -> bytes:

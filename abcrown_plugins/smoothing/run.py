@@ -85,19 +85,20 @@ def _header(settings: SmoothingSettings, seed: int, tag: str) -> str:
             f"predict -1 = abstain; radius = certified L2 radius in [0,1] pixel units; time in seconds")
 
 
+def read_rows(path: str | Path, columns: Sequence[str], what: str,
+              parse: Callable[[list[str]], dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """``(comment line, rows)`` of a TSV the project wrote (comment, header ``columns``, rows), each row parsed."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if len(lines) < 2 or not lines[0].startswith("#") or lines[1].split("\t") != list(columns):
+        raise UserError(f"'{path}' is not a {what} written by abcrown-plugins; pass another --output")
+    return lines[0], [parse(line.split("\t")) for line in lines[2:] if line.strip()]
+
+
 def read_tsv(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
     """``(comment line, rows)`` of a ``certify.tsv``; rows typed (idx/label/predict/correct int, radius/time float)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    if len(lines) < 2 or not lines[0].startswith("#") or lines[1].split("\t") != list(COLUMNS):
-        raise UserError(f"'{path}' is not a certify.tsv written by abcrown-plugins; pass another --output")
-    rows = []
-    for line in lines[2:]:
-        if not line.strip():
-            continue
-        v = line.split("\t")
-        rows.append({"idx": int(v[0]), "label": int(v[1]), "predict": int(v[2]), "radius": float(v[3]),
-                     "correct": int(v[4]), "time": float(v[5])})
-    return lines[0], rows
+    return read_rows(path, COLUMNS, "certify.tsv", lambda v: {
+        "idx": int(v[0]), "label": int(v[1]), "predict": int(v[2]), "radius": float(v[3]), "correct": int(v[4]),
+        "time": float(v[5])})
 
 
 def _write_tsv(path: Path, header: str, rows: Sequence[dict[str, Any]]) -> None:

@@ -18,7 +18,9 @@ Linear layer, which bounds ``C f(x)`` directly (tighter than bounding ``f``
 and multiplying intervals).
 
 In train mode a BatchNorm normalises with the statistics of the box centre's
-batch (a fixed affine map per batch, so the rule stays sound for it);
+batch, or with given statistics (``bn_stats``: those of the clean forward pass,
+recorded by :class:`CleanBatchStats`, as auto_LiRPA's training does); either way
+a fixed affine map per batch, so the rule stays sound for it;
 verification always runs in eval mode. When no per-ReLU bounds are recorded, an
 eval-mode BatchNorm is folded into the convolution before it (one affine map,
 the same function), which saves two passes over its output.
@@ -105,10 +107,12 @@ class _Box:
 class _Walk:
     """What one propagation records and needs besides the boxes."""
 
-    def __init__(self, graph: NetGraph, record: bool, spec: Tensor | None):
+    def __init__(self, graph: NetGraph, record: bool, spec: Tensor | None,
+                 bn_stats: dict[nn.Module, tuple[Tensor, Tensor]] | None = None):
         self.graph = graph
         self.record = record
         self.spec = spec
+        self.bn_stats = bn_stats or {}
         self.relus: list[ReluBounds] = []
         self.shapes: dict[fx.Node, Tensor] = {}  # op node -> a tensor of its output's shape (the centre)
         self.folded: dict[int, _Box] = {}  # BatchNorm index -> the box of conv+BatchNorm folded into one map
@@ -145,13 +149,15 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return _BatchStats.apply(x)
 
 
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm, mid: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm, mid: Tensor,
+               given: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Scale and shift (per channel) of a BatchNorm as it acts now, and the batch statistics it used.
 
-    The statistics are None when the BatchNorm normalises with its running ones.
+    In train mode the statistics are ``given`` (the clean pass's) or else the box centre's;
+    they are None when the BatchNorm normalises with its running ones.
     """
     if bn.training or bn.running_mean is None:
-        mean, var = batch_stats(mid)
+        mean, var = given if given is not None else batch_stats(mid)
         stats = (mean, var)
     else:
         mean, var = bn.running_mean, bn.running_var
@@ -280,7 +286,7 @@ def _batchnorm(op: Op, ins: list[_Box], walk: _Walk) -> _Box:
     (box,), module = ins, op.module
     if op.index in walk.folded:
         return walk.folded.pop(op.index)
-    scale, shift, mean, var = _bn_affine(module, box.mid)
+    scale, shift, mean, var = _bn_affine(module, box.mid, walk.bn_stats.get(module))
     view = (1, -1) + (1,) * (box.mid.dim() - 2)
     out = _Box(torch.addcmul(shift.view(view), box.mid, scale.view(view)), box.rad * scale.abs().view(view))
     if walk.record:
@@ -377,18 +383,21 @@ IBP_RULES: dict[str, Callable[[Op, list[_Box], _Walk], _Box]] = {
 
 
 def interval_propagate(model: nn.Module, lower: Tensor, upper: Tensor, spec: Tensor | None = None,
-                       record: bool = True) -> IBPResult:
+                       record: bool = True,
+                       bn_stats: dict[nn.Module, tuple[Tensor, Tensor]] | None = None) -> IBPResult:
     """Propagate the box ``[lower, upper]`` (N x C x H x W) through ``model``.
 
     With ``spec`` (N x K x classes) the result bounds ``spec @ f(x)`` (N x K);
     else ``f(x)`` (N x classes). ``record`` keeps per-ReLU bounds. The model is
     walked in its :func:`abcrown_plugins.graph.structure` order, one rule per
-    operation kind (:data:`IBP_RULES`).
+    operation kind (:data:`IBP_RULES`). ``bn_stats`` (BatchNorm -> per-channel mean,
+    biased variance) replaces the box centre's statistics of train-mode BatchNorms
+    (:class:`CleanBatchStats` records a clean pass's).
     """
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
     graph = structure(model)
-    walk = _Walk(graph, record, spec)
+    walk = _Walk(graph, record, spec, bn_stats)
     last_use = _last_use(graph)
     boxes: dict[int, _Box] = {}
     for op in graph.ops:
@@ -413,6 +422,36 @@ def interval_propagate(model: nn.Module, lower: Tensor, upper: Tensor, spec: Ten
         # the last operation was not a Linear (C was not folded in): multiply the output box by C
         mid, rad = torch.einsum("nkc,nc->nk", spec, mid), torch.einsum("nkc,nc->nk", spec.abs(), rad)
     return IBPResult(mid - rad, mid + rad, walk.relus)
+
+
+class CleanBatchStats:
+    """Records, during a forward pass, the batch statistics every train-mode BatchNorm normalises with.
+
+    ``with CleanBatchStats(model) as stats: logits = model(x)``, then
+    ``interval_propagate(..., bn_stats=stats.stats)``: the bounds use the clean batch's
+    statistics (differentiable, as the forward's are), the ones that also go into the
+    running averages, so the network verified in eval mode is the one trained.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+        self._handles: list = []
+
+    def _record(self, module: nn.Module, args: tuple) -> None:
+        if module.training or module.running_mean is None:
+            self.stats[module] = batch_stats(args[0])
+
+    def __enter__(self) -> "CleanBatchStats":
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                self._handles.append(m.register_forward_pre_hook(self._record))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
 
 
 def _last_use(graph: NetGraph) -> dict[int, int]:

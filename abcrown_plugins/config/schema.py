@@ -75,6 +75,9 @@ SECTIONS: tuple[Section, ...] = (
         O("eps_ramp_epochs", Int(min=0), 5, "Epochs over which eps grows from 0 to training.eps."),
         O("eps_schedule", Str(("smooth", "linear")), "smooth", "Ramp shape: smooth (exponential, then linear) or linear."),
         O("ibp_init", Bool(), True, "IBP initialisation (Shi et al. 2021) when training.method is ibp."),
+        O("ibp_bn_stats", Str(("centre", "clean")), "centre", "Statistics a train-mode BatchNorm normalises IBP bounds with "
+          "(training.method ibp): centre (of the box centre at that layer) or clean (of the clean forward pass, as auto_LiRPA "
+          "trains; the running averages, so the verified eval-mode network, are made of these)."),
         O("robust_weight", Float(min=0, max=1), 1.0, "Final weight of the IBP loss; clean loss weight is 1 - weight * eps_t / eps."),
         O("fgsm_alpha", Float(min=0), 1.25, "FGSM step size in units of the current eps (training.method fgsm)."),
         O("fgsm_init", Str(("random", "zero")), "random", "FGSM start: uniform in the eps-ball (random) or at x (zero)."),
@@ -96,10 +99,13 @@ SECTIONS: tuple[Section, ...] = (
         O("score_epochs", Optional(Int(min=0)), None, "Epochs of HYDRA score optimisation per round (null: training.epochs)."),
         O("score_lr", Float(min=0), 0.1, "Learning rate of HYDRA score optimisation (SGD, momentum 0.9)."),
     )),
-    Section("regularizer", "Loss terms added to the training objective (seed 001 eq. 4-5; Network Slimming).", (
+    Section("regularizer", "Loss terms added to the training objective (seed 001 eq. 4-5; Network Slimming; Shi et al. 2021 warm-up).", (
         O("stability", Str(("auto", "none", "rs", "nrs")), "auto", "Stability regulariser: RSLoss, NRSLoss, none, or auto (the pruning method's: rs for imp_rs, nrs for imp_nrs and hydra_nrs)."),
         O("stability_weight", Float(min=0), 0.01, "Coefficient of the RSLoss/NRSLoss term."),
         O("slim_l1", Float(min=0), 1e-4, "L1 coefficient on BatchNorm gamma (applied after backward) when pruning.method is slim."),
+        O("warmup", Float(min=0), 0.0, "lambda_0 of the warm-up regularisers of IBP training (Shi et al. 2021): "
+          "lambda_0 * (1 - eps_t / eps) * (bound tightness + ReLU balance) during the radius ramp (0: off; the paper uses 0.5)."),
+        O("warmup_tol", Float(min=0, max=1), 0.5, "Tolerance tau of the warm-up regularisers (Shi et al. 2021)."),
     )),
     Section("verification", "Verification of each trained (sub)network.", (
         O("eps", Eps(), 2 / 255, "L-inf radius to verify, in [0,1] pixel units (e.g. 2/255)."),
@@ -184,6 +190,12 @@ CHECKS: tuple[Check, ...] = (
                     f"(training.epochs {c.training.epochs}); choose 0..{c.training.epochs}"),
     Check(("transfer.tasks",), lambda c: bool(c.transfer.tasks),
           lambda c: "transfer.tasks is empty; name at least one downstream attribute"),
+    Check(("regularizer.warmup", "training.method"),
+          lambda c: c.regularizer.warmup == 0 or c.training.method in ("ibp", "crown-ibp"),
+          lambda c: f"regularizer.warmup regularises the bounds of certified training; training.method "
+                    f"'{c.training.method}' computes none: set training.method ibp (or crown-ibp) or regularizer.warmup 0"),
+    Check(("regularizer.warmup_tol",), lambda c: c.regularizer.warmup_tol > 0,
+          lambda c: "regularizer.warmup_tol must be in (0, 1], got 0"),
     Check(("transfer.group_shape",), lambda c: len(c.transfer.group_shape) == 2,
           lambda c: f"transfer.group_shape must have two entries [out, in], got {list(c.transfer.group_shape)}"),
     Check(("transfer.tasks", "model.checkpoint"),

@@ -79,6 +79,8 @@ def regularizers_for(cfg: Config, method) -> list:
         regs.append(make_regularizer(stability, cfg.regularizer.stability_weight))
     if method.regularizer == "bn_l1":
         regs.append(make_regularizer("bn_l1", cfg.regularizer.slim_l1))
+    if cfg.regularizer.warmup > 0:
+        regs.append(make_regularizer("warmup", cfg.regularizer.warmup, eps=cfg.training.eps, tol=cfg.regularizer.warmup_tol))
     return regs
 
 

@@ -22,9 +22,13 @@ def robust_logits(margin_lower: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(margin_lower[:, :1]), -margin_lower], dim=1)
 
 
-def ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float, num_classes: int) -> tuple[Tensor, IBPResult]:
-    """Cross-entropy on IBP worst-case logits over the clipped eps-ball of ``x``."""
+def ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float, num_classes: int,
+             bn_stats: dict | None = None) -> tuple[Tensor, IBPResult]:
+    """Cross-entropy on IBP worst-case logits over the clipped eps-ball of ``x``.
+
+    ``bn_stats``: train-mode BatchNorm statistics to bound with (see :func:`interval_propagate`).
+    """
     lower, upper = input_box(x, eps)
-    res = interval_propagate(model, lower, upper, spec=margin_spec(y, num_classes), record=True)
+    res = interval_propagate(model, lower, upper, spec=margin_spec(y, num_classes), record=True, bn_stats=bn_stats)
     target = torch.zeros_like(y)
     return F.cross_entropy(robust_logits(res.lower), target), res

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from abcrown_plugins.attacks.fgsm import fgsm_gradalign_loss
-from abcrown_plugins.bounds import IBPResult, ReluBounds, input_box, margin_spec
+from abcrown_plugins.bounds import CleanBatchStats, IBPResult, ReluBounds, input_box, margin_spec
 from abcrown_plugins.bounds.lirpa import INSTALL_HINT, lirpa_available
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.training.losses import ibp_loss, robust_logits
@@ -52,16 +52,30 @@ def standard_objective(model: nn.Module, x: Tensor, y: Tensor, eps_t: float) -> 
 
 @dataclass
 class IBPObjective:
+    """``(1 - w) CE + w CE(IBP worst-case logits)``.
+
+    ``bn_stats``: what a train-mode BatchNorm normalises the bounds with: ``clean``, the
+    statistics of the clean forward pass of the same batch (auto_LiRPA's default, and the
+    ones the running averages, so eval mode, are made of) or ``centre``, those of the box
+    centre at that layer.
+    """
+
     eps: float
     robust_weight: float
     num_classes: int
+    bn_stats: str = "centre"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, eps_t: float) -> StepOutput:
-        logits = model(x)
+        if self.bn_stats == "clean" and eps_t > 0:
+            with CleanBatchStats(model) as recorded:
+                logits = model(x)
+            stats = recorded.stats
+        else:
+            logits, stats = model(x), None
         loss = F.cross_entropy(logits, y)
         if eps_t <= 0:
             return StepOutput(loss, logits)
-        robust, res = ibp_loss(model, x, y, eps_t, self.num_classes)
+        robust, res = ibp_loss(model, x, y, eps_t, self.num_classes, bn_stats=stats)
         w = self.robust_weight * eps_t / self.eps
         return StepOutput((1 - w) * loss + w * robust, logits, res)
 
@@ -162,7 +176,7 @@ def make_objective(settings, num_classes: int) -> Callable[[nn.Module, Tensor, T
     if m == "standard":
         return standard_objective
     if m == "ibp":
-        return IBPObjective(settings.eps, settings.robust_weight, num_classes)
+        return IBPObjective(settings.eps, settings.robust_weight, num_classes, settings.ibp_bn_stats)
     if m == "fgsm":
         return FGSMObjective(settings.fgsm_alpha, settings.fgsm_init, settings.grad_align)
     if m == "crown-ibp":

@@ -57,6 +57,7 @@ class TrainSettings:
     fgsm_alpha: float = 1.25  # FGSM step in units of the current eps
     fgsm_init: str = "random"
     grad_align: float = 0.2   # GradAlign coefficient lambda
+    ibp_bn_stats: str = "centre"  # train-mode BatchNorm statistics of IBP bounds: centre or clean
 
     def __post_init__(self) -> None:
         if self.method not in TRAINING_METHODS:
@@ -74,7 +75,8 @@ class TrainSettings:
                    grad_clip=t.grad_clip, eps=t.eps, eps_warmup_epochs=t.eps_warmup_epochs,
                    eps_ramp_epochs=t.eps_ramp_epochs, eps_schedule=t.eps_schedule, robust_weight=t.robust_weight,
                    batch_size=cfg.data.batch_size, seed=cfg.general.seed, noise_sigma=t.noise_sigma,
-                   fgsm_alpha=t.fgsm_alpha, fgsm_init=t.fgsm_init, grad_align=t.grad_align)
+                   fgsm_alpha=t.fgsm_alpha, fgsm_init=t.fgsm_init, grad_align=t.grad_align,
+                   ibp_bn_stats=t.ibp_bn_stats)
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:

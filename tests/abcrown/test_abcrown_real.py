@@ -135,3 +135,17 @@ def test_large_eps_runs_through_crown_without_a_shape_error(plugin_in_abcrown_en
                           "--timeout", "5")
     assert "must match the size" not in r.stdout + r.stderr
     assert rows[0]["result"] in ("unsat", "unknown", "timeout")
+
+
+def test_pruned_resnet18_nr_is_verified_through_the_hook_and_through_its_onnx(plugin_in_abcrown_env, tmp_path):
+    """Seed 001's second architecture through the whole chain: trained, pruned, verified by α,β-CROWN."""
+    loaded = load_model("zoo:resnet18_nr_synthetic_pruned.pt")
+    assert loaded.meta.arch == "resnet18_nr"
+    _, rows = _run_config("pruned_resnet18.yaml", tmp_path)
+    assert sum(row["result"] == "unsat" for row in rows) >= 1
+    bench = tmp_path / "bench"
+    export_benchmark(checkpoints.resolve("zoo:resnet18_nr_synthetic_pruned.pt"), bench, n=3, eps=2 / 255, seed=0,
+                     timeout=60)
+    results = run_benchmark(bench, tmp_path / "out")
+    assert sum(r.result == "unsat" for r in results) >= 1
+    assert all(r.witness_checked == "yes" for r in results if r.result == "sat")

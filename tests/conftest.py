@@ -11,6 +11,17 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _calibration_cache(tmp_path_factory):
+    """Batch-size calibrations of the tests go to a temporary folder, not the user's cache."""
+    if "ABCROWN_PLUGINS_CACHE" in os.environ:
+        yield
+        return
+    os.environ["ABCROWN_PLUGINS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    os.environ.pop("ABCROWN_PLUGINS_CACHE", None)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,7 +1,13 @@
 """Benchmark of the exact sparse differential engine for randomized smoothing; last line: one JSON object.
 
     flock /tmp/abcrown_bench.lock python tools/bench_smoothing.py [--n 1000] [--batch-size 200]
-        [--ks 1,8,64] [--models cnn_7layer,resnet18_nr] [--tasks 10] [--threads 1] [--out results/bench_smoothing]
+        [--ks 1,8,64] [--models cnn_7layer,resnet18_nr] [--tasks 10] [--threads 1] [--reps 5]
+        [--out results/bench_smoothing]
+
+Every timed figure is the median over ``--reps`` interleaved repetitions (one round
+times each compared computation once, the order rotating from round to round, so
+host load drifts over all of them alike); its ``*_spread`` field is ``[min, max]``
+over the repetitions (for a ratio: of the per-round ratios).
 
 For each model, sparsity pattern (unstructured, structured, groupwise), updated
 ratio k and mask allocation, a fine-tuned network is made from the base with
@@ -32,7 +38,7 @@ except the new classifier (``abcrown_plugins.differential.random_finetuned``).
   delta and classifier) by T dense runs vs one shared pass
   (``multitask_speedup``);
 - ``dense_overhead``: ``certify`` of the dense base / raw batched forward
-  passes over the same (pre-drawn) noisy inputs, best of 3 interleaved runs;
+  passes over the same (pre-drawn) noisy inputs, median of at least 3 interleaved runs;
 - ``break_even``: fraction of output (``rows``) or input (``inputs``) channels
   at which a channel-subset convolution of cnn_7layer's largest layer stops
   being faster than the dense one; and the unstructured 1 % sparse product
@@ -45,7 +51,7 @@ and ``results.json`` into ``--out``.
 
 With ``--transfer RUN_DIR`` it instead re-times the *trained* sparse networks of
 a finished ``abcrown-plugins transfer`` run (its config, checkpoints and base):
-``--repeats`` repetitions, each certifying the run's examples densely and
+``--reps`` repetitions, each certifying the run's examples densely and
 through the engine side by side
 (``abcrown_plugins.differential.certify_compared``, the accountings rotating
 from example to example, into a scratch folder); it reports per network the
@@ -53,7 +59,7 @@ median over repetitions of the time saved live and trace, and of the group's
 multi-task time saved, and checks that every repetition's certificates equal
 the run's own ``certify.tsv`` rows.
 
-    flock /tmp/abcrown_bench.lock python tools/bench_smoothing.py --transfer results/transfer_cpu --repeats 3
+    flock /tmp/abcrown_bench.lock python tools/bench_smoothing.py --transfer results/transfer_cpu --reps 3
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,13 +95,38 @@ ALLOCATIONS = ("verification-aware", "uniform", "conv-late")
 SIGMA = 0.25
 
 
-def _timed(fn, repeats: int = 1):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
+def _interleaved(fns: dict, reps: int, warmup: bool = False) -> tuple[dict, dict]:
+    """Seconds of every ``fns`` entry over ``reps`` interleaved rounds; ``(times, last outputs)`` per key.
+
+    A round calls every function once; the order rotates by one each round, so host
+    load drifts over all of them alike. ``warmup``: one untimed round first.
+    """
+    keys = list(fns)
+    times: dict = {k: [] for k in keys}
+    outs: dict = {}
+    if warmup:
+        for k in keys:
+            fns[k]()
+    for r in range(max(1, reps)):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            t0 = time.perf_counter()
+            outs[k] = fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times, outs
+
+
+def _med(ts: list[float]) -> float:
+    return statistics.median(ts)
+
+
+def _spread(ts: list[float], digits: int = 3, scale: float = 1.0) -> list[float]:
+    """``[min, max]`` over the repetitions."""
+    return [round(min(ts) * scale, digits), round(max(ts) * scale, digits)]
+
+
+def _ratio_spread(num: list[float], den: list[float], digits: int = 2) -> list[float]:
+    """``[min, max]`` of the per-round ratios (the rounds pair the two timings)."""
+    return _spread([a / b for a, b in zip(num, den)], digits)
 
 
 def _base(arch: str, x: torch.Tensor, seed: int) -> tuple[nn.Module, torch.Tensor]:
@@ -162,17 +194,13 @@ def _break_even(repeats: int) -> dict:
     x = torch.randn(200, 128, 8, 8)
     w = torch.randn(128, 128, 4, 4)
     conv = lambda a, b: F.conv2d(a, b, None, 2, 1)  # noqa: E731
-    _, dense = _timed(lambda: conv(x, w), repeats + 2)
-    rows, inputs = {}, {}
-    for frac in (0.0625, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875):
+    fracs = (0.0625, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+    fns = {"dense": lambda: conv(x, w)}
+    for frac in fracs:
         c = int(128 * frac)
-        ws = w[:c].contiguous()
-        _, rows[frac] = _timed(lambda: conv(x, ws), repeats + 2)
-        wi = w[:, :c].contiguous()
-        idx = torch.arange(c)
-        _, inputs[frac] = _timed(lambda: conv(x[:, idx], wi), repeats + 2)
-    be_rows = next((f for f, t in rows.items() if t >= dense), 1.0)
-    be_inputs = next((f for f, t in inputs.items() if t >= dense), 1.0)
+        ws, wi, idx = w[:c].contiguous(), w[:, :c].contiguous(), torch.arange(c)
+        fns[("rows", frac)] = lambda ws=ws: conv(x, ws)
+        fns[("inputs", frac)] = lambda wi=wi, idx=idx: conv(x[:, idx], wi)
     d = w * (torch.rand(w.shape) < 0.01)
     csr = d.reshape(128, -1).to_sparse_csr()
 
@@ -180,11 +208,21 @@ def _break_even(repeats: int) -> dict:
         cols = F.unfold(x, 4, padding=1, stride=2)  # (B, 2048, 16)
         return torch.sparse.mm(csr, cols.transpose(0, 1).reshape(2048, -1))
 
-    _, sparse = _timed(sparse_product, repeats + 2)
+    fns["sparse"] = sparse_product
+    times, _ = _interleaved(fns, repeats, warmup=True)
+    dense = _med(times["dense"])
+    rows = {f: _med(times[("rows", f)]) for f in fracs}
+    inputs = {f: _med(times[("inputs", f)]) for f in fracs}
+    be_rows = next((f for f, t in rows.items() if t >= dense), 1.0)
+    be_inputs = next((f for f, t in inputs.items() if t >= dense), 1.0)
     return {"rows": be_rows, "inputs": be_inputs, "dense_ms": round(dense * 1e3, 2),
+            "dense_ms_spread": _spread(times["dense"], 2, 1e3),
             "rows_ms": {str(f): round(t * 1e3, 2) for f, t in rows.items()},
+            "rows_ms_spread": {str(f): _spread(times[("rows", f)], 2, 1e3) for f in fracs},
             "inputs_ms": {str(f): round(t * 1e3, 2) for f, t in inputs.items()},
-            "unstructured_1pct_sparse_over_dense": round(sparse / dense, 2)}
+            "inputs_ms_spread": {str(f): _spread(times[("inputs", f)], 2, 1e3) for f in fracs},
+            "unstructured_1pct_sparse_over_dense": round(_med(times["sparse"]) / dense, 2),
+            "unstructured_1pct_sparse_over_dense_spread": _ratio_spread(times["sparse"], times["dense"])}
 
 
 def _engine_break_even(x: torch.Tensor, seed: int, repeats: int) -> list[dict]:
@@ -195,11 +233,14 @@ def _engine_break_even(x: torch.Tensor, seed: int, repeats: int) -> list[dict]:
     for frozen, k in ((3, 0.05), (3, 0.15), (3, 0.3), (2, 0.5)):
         tuned, _ = _finetuned(base, "cnn_7layer", calib, "structured", k, frozen, 10, seed=8)
         row = {"frozen_prefix": frozen, "k": k}
+        fns = {}
         for be in (0.0, 0.25, 0.5, 0.75, 1.0):
             eng = DifferentialEngine(base, [tuned], break_even=be, tie_tol=-1.0)
             rec = eng.base_activations(batch, mode="trace")
-            _, t = _timed(lambda: eng.forward_from(rec, x.shape, mode="trace"), repeats + 2)
-            row[str(be)] = round(t * 1e3, 1)
+            fns[str(be)] = lambda eng=eng, rec=rec: eng.forward_from(rec, x.shape, mode="trace")
+        times, _ = _interleaved(fns, repeats, warmup=True)
+        row.update({be: round(_med(t) * 1e3, 1) for be, t in times.items()})
+        row["spread_ms"] = {be: _spread(t, 1, 1e3) for be, t in times.items()}
         out.append(row)
     return out
 
@@ -231,12 +272,13 @@ def bench_model(arch: str, x: torch.Tensor, args, log) -> dict:
                 eng = DifferentialEngine(base, [tuned])
                 eng.plans(tuple(x.shape))
                 gen = lambda: torch.Generator().manual_seed(args.seed + 7)  # noqa: E731 - same noise for all
-                dense, t_dense = _timed(lambda: sample_counts(tuned, x, args.n, SIGMA, 10, args.batch_size, gen()),
-                                        args.repeats)
                 trace = record_trace(eng, x, args.n, SIGMA, args.batch_size, gen())
-                replay, t_trace = _timed(lambda: trace_counts(eng, trace)[0], args.repeats)
-                live, t_live = _timed(lambda: multitask_counts(eng, x, args.n, SIGMA, args.batch_size, gen())[0],
-                                      args.repeats)
+                times, outs = _interleaved(
+                    {"dense": lambda: sample_counts(tuned, x, args.n, SIGMA, 10, args.batch_size, gen()),
+                     "trace": lambda: trace_counts(eng, trace)[0],
+                     "live": lambda: multitask_counts(eng, x, args.n, SIGMA, args.batch_size, gen())[0]}, args.reps)
+                dense, replay, live = outs["dense"], outs["trace"], outs["live"]
+                t_dense, t_trace, t_live = _med(times["dense"]), _med(times["trace"]), _med(times["live"])
                 same = torch.equal(dense, replay) and torch.equal(dense, live)
                 exact &= same
                 diff = _max_abs_diff(base, tuned, x, args.batch_size)
@@ -248,7 +290,11 @@ def bench_model(arch: str, x: torch.Tensor, args, log) -> dict:
                        "achieved_k": round(achieved * 100, 2), "frozen_prefix": frozen,
                        "first_changed": plan.first_changed, "dense_s": round(t_dense, 3),
                        "trace_s": round(t_trace, 3), "live_s": round(t_live, 3), "record_s": round(trace.record_s, 3),
+                       "dense_s_spread": _spread(times["dense"]), "trace_s_spread": _spread(times["trace"]),
+                       "live_s_spread": _spread(times["live"]),
                        "speedup": round(t_dense / t_trace, 2), "speedup_live": round(t_dense / t_live, 2),
+                       "speedup_spread": _ratio_spread(times["dense"], times["trace"]),
+                       "speedup_live_spread": _ratio_spread(times["dense"], times["live"]),
                        "saved_pct": round(100 * (1 - t_trace / t_dense), 1),
                        "saved_live_pct": round(100 * (1 - t_live / t_dense), 1),
                        "exact": same, "max_abs_diff": diff, "fallbacks": sum(eng.stats.fallbacks),
@@ -268,19 +314,22 @@ def bench_model(arch: str, x: torch.Tensor, args, log) -> dict:
         eng = DifferentialEngine(base, tasks)
         eng.plans(tuple(x.shape))
         gen = lambda: torch.Generator().manual_seed(args.seed + 11)  # noqa: E731
-        dense, t_dense = _timed(lambda: [sample_counts(t, x, args.n, SIGMA, 10, args.batch_size, gen())
-                                         for t in tasks], args.repeats)
-        shared, t_shared = _timed(lambda: multitask_counts(eng, x, args.n, SIGMA, args.batch_size, gen()),
-                                  args.repeats)
+        times, outs = _interleaved(
+            {"dense": lambda: [sample_counts(t, x, args.n, SIGMA, 10, args.batch_size, gen()) for t in tasks],
+             "shared": lambda: multitask_counts(eng, x, args.n, SIGMA, args.batch_size, gen())}, args.reps)
+        dense, shared = outs["dense"], outs["shared"]
+        t_dense, t_shared = _med(times["dense"]), _med(times["shared"])
         same = all(torch.equal(a, b) for a, b in zip(dense, shared))
         exact &= same
         fallbacks += sum(eng.stats.fallbacks)
         key = f"{pattern}/{alloc}"
         mt[key] = {"dense_s": round(t_dense, 3), "shared_s": round(t_shared, 3),
-                   "speedup": round(t_dense / t_shared, 2), "exact": same, "fallbacks": sum(eng.stats.fallbacks)}
+                   "speedup": round(t_dense / t_shared, 2), "exact": same, "fallbacks": sum(eng.stats.fallbacks),
+                   "dense_s_spread": _spread(times["dense"]), "shared_s_spread": _spread(times["shared"]),
+                   "speedup_spread": _ratio_spread(times["dense"], times["shared"])}
         log(f"{arch:12s} multi-task T={args.tasks} {key}: {args.tasks} dense {t_dense:.3f}s, shared "
             f"{t_shared:.3f}s -> x{t_dense / t_shared:.2f} exact={same}")
-    # dense certifier overhead: certify() vs raw forward passes on the same noisy inputs (interleaved, best of 3+)
+    # dense certifier overhead: certify() vs raw forward passes on the same noisy inputs (interleaved, medians)
     n0 = max(1, args.n // 10)
     g = gen()
     inputs = list(noise_batches(x, n0, SIGMA, args.batch_size, g)) + \
@@ -291,14 +340,14 @@ def bench_model(arch: str, x: torch.Tensor, args, log) -> dict:
             for b in inputs:
                 base(b)
 
-    t_cert = t_raw = float("inf")
-    for _ in range(max(3, args.repeats)):
-        t_cert = min(t_cert, _timed(lambda: certify(base, x, n0, args.n, 0.001, SIGMA, 10, args.batch_size,
-                                                    gen()))[1])
-        t_raw = min(t_raw, _timed(raw)[1])
+    times, _ = _interleaved({"certify": lambda: certify(base, x, n0, args.n, 0.001, SIGMA, 10, args.batch_size,
+                                                       gen()),
+                             "raw": raw}, max(3, args.reps))
+    t_cert, t_raw = _med(times["certify"]), _med(times["raw"])
     log(f"{arch:12s} dense certify {t_cert:.3f}s vs raw forward {t_raw:.3f}s -> overhead x{t_cert / t_raw:.3f}")
     return {"rows": rows, "multitask": mt, "exact": exact, "max_abs_diff": max_diff, "fallbacks": fallbacks,
-            "trace_mb": round(trace_mb, 1), "dense_overhead": round(t_cert / t_raw, 3)}
+            "trace_mb": round(trace_mb, 1), "dense_overhead": round(t_cert / t_raw, 3),
+            "dense_overhead_spread": _ratio_spread(times["certify"], times["raw"], 3)}
 
 
 def table(results: dict, ks) -> str:
@@ -385,18 +434,24 @@ def main() -> int:
     ap.add_argument("--ks", default="1,8,64", help="updated-parameter ratios in percent (all: 1,2,4,8,16,32,64)")
     ap.add_argument("--models", default="cnn_7layer,resnet18_nr")
     ap.add_argument("--tasks", type=int, default=10, help="T for the multi-task measurement")
-    ap.add_argument("--repeats", type=int, default=1, help="timings take the best of this many runs")
+    ap.add_argument("--reps", type=int, default=5,
+                    help="interleaved timed repetitions per figure (medians; *_spread fields: [min, max])")
+    ap.add_argument("--repeats", type=int, default=None, help="deprecated name of --reps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/bench_smoothing")
     ap.add_argument("--transfer", help="re-time the sparse networks of this finished transfer run (see above)")
     args = ap.parse_args()
     args.ks = [int(k) for k in args.ks.split(",")]
+    if args.repeats is not None:
+        warnings.warn("--repeats is deprecated; use --reps", DeprecationWarning, stacklevel=1)
+        args.reps = args.repeats
+    args.reps = max(1, args.reps)
     torch.set_num_threads(args.threads)
     set_progress(False)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.transfer:
-        result = bench_transfer(Path(args.transfer), max(1, args.repeats), log)
+        result = bench_transfer(Path(args.transfer), args.reps, log)
         log(markdown_table(result["networks"], ["network", "frozen_prefix", "saved_live_pct", "saved_trace_pct",
                                                 "trace_range_pct"]))
         print(json.dumps(result))
@@ -406,10 +461,10 @@ def main() -> int:
     x = test[0][0]
     t0 = time.perf_counter()
     log("break-even measurement ...")
-    be = _break_even(args.repeats)
+    be = _break_even(args.reps)
     log(f"break-even: rows {be['rows']}, inputs {be['inputs']}, unstructured 1% sparse/dense "
         f"{be['unstructured_1pct_sparse_over_dense']}")
-    engine_be = _engine_break_even(x, args.seed, args.repeats)
+    engine_be = _engine_break_even(x, args.seed, args.reps)
     log("engine break-even (replay ms per batch of 200 by break_even): "
         + "; ".join(f"frozen {r['frozen_prefix']} k {r['k']}: " + ", ".join(f"{b}={r[b]}" for b in
                                                                             ("0.0", "0.25", "0.5", "0.75", "1.0"))
@@ -426,24 +481,33 @@ def main() -> int:
                for a, res in results.items()}
     speedup_live = {a: {f"{r['pattern']}/{r['allocation']}/{r['k']}": r["speedup_live"] for r in res["rows"]}
                     for a, res in results.items()}
+    speedup_spread = {a: {f"{r['pattern']}/{r['allocation']}/{r['k']}": r["speedup_spread"] for r in res["rows"]}
+                      for a, res in results.items()}
+    speedup_live_spread = {a: {f"{r['pattern']}/{r['allocation']}/{r['k']}": r["speedup_live_spread"]
+                               for r in res["rows"]} for a, res in results.items()}
     mt = {a: res["multitask"]["structured/verification-aware"]["speedup"] for a, res in results.items()}
+    mt_spread = {a: res["multitask"]["structured/verification-aware"]["speedup_spread"] for a, res in results.items()}
     overhead = {a: res["dense_overhead"] for a, res in results.items()}
     summary = {
         "benchmark": "smoothing_differential", "models": models, "n": args.n, "batch_size": args.batch_size,
-        "sigma": SIGMA, "ks": args.ks, "tasks": args.tasks, "torch_threads": torch.get_num_threads(),
+        "sigma": SIGMA, "ks": args.ks, "tasks": args.tasks, "reps": args.reps, "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "wall_s": round(time.perf_counter() - t0, 1),
         "exact": all(res["exact"] for res in results.values()),
         "max_abs_diff": max(res["max_abs_diff"] for res in results.values()),
         "fallbacks": sum(res["fallbacks"] for res in results.values()),
         "speedup": speedup, "speedup_live": speedup_live,
-        "multitask_speedup": mt,
+        "speedup_spread": speedup_spread, "speedup_live_spread": speedup_live_spread,
+        "multitask_speedup": mt, "multitask_speedup_spread": mt_spread,
         "multitask_other": {a: {k: v["speedup"] for k, v in res["multitask"].items()} for a, res in results.items()},
         "dense_overhead": overhead,
+        "dense_overhead_spread": {a: res["dense_overhead_spread"] for a, res in results.items()},
         "break_even": {"rows": be["rows"], "inputs": be["inputs"],
                        "unstructured_1pct_sparse_over_dense": be["unstructured_1pct_sparse_over_dense"],
                        "engine_default": BREAK_EVEN,
                        "engine_best": [max(("0.0", "0.25", "0.5", "0.75", "1.0"), key=lambda b: -r[b])
-                                       for r in engine_be]},
+                                       for r in engine_be],
+                       "dense_ms": be["dense_ms"], "dense_ms_spread": be["dense_ms_spread"],
+                       "unstructured_1pct_sparse_over_dense_spread": be["unstructured_1pct_sparse_over_dense_spread"]},
         "trace_mb": {a: res["trace_mb"] for a, res in results.items()},
         # the same dense computation timed per row: max/min shows the machine's timing noise
         "dense_time_spread": {a: round(max(r["dense_s"] for r in res["rows"]) /

@@ -36,6 +36,7 @@ def handler(spec: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    importlib.import_module("abcrown_plugins.tuning").tune_allocator()  # glibc: reuse batch buffers (tuning.alloc)
     try:
         args, rest = build_parser().parse_known_args(argv)
         if rest and getattr(args, "no_overrides", False):

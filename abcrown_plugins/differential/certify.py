@@ -4,7 +4,9 @@ Two ways to reuse the base network's work, both exact (the counts equal those
 of :func:`abcrown_plugins.smoothing.certify.sample_counts` run on each dense
 fine-tuned network with a generator in the same state, because the noisy
 inputs are the same :func:`~abcrown_plugins.smoothing.certify.noise_batches`
-and the engine's argmaxes equal the dense networks'):
+and the engine's argmaxes equal the dense networks'). The noise stream does not
+depend on the batch size, so neither do the counts: a trace replays its own
+``batch_size`` and any batch size certifies alike.
 
 - **Multi-task** (:func:`multitask_counts`, :func:`multitask_certify`): one noise
   draw, T networks; per noise batch the base prefix runs once for all T.
@@ -65,7 +67,7 @@ def multitask_counts(engine: DifferentialEngine, x: Tensor, num: int, sigma: flo
     ts = _tasks(engine, tasks)
     counts = [torch.zeros(engine.num_classes(t, x.shape), dtype=torch.int64) for t in ts]
     total = -(-num // batch_size)
-    batches = noise_batches(x, num, sigma, batch_size, generator)
+    batches = noise_batches(x, num, sigma, batch_size, generator, reuse=True)
     for batch in (batches if desc is None else progress(batches, desc, total)):
         for c, logits in zip(counts, engine.forward(batch, ts)):
             c += class_counts(logits, c.numel())
@@ -210,7 +212,7 @@ def _traced_counts(engine: DifferentialEngine, x: Tensor, num: int, sigma: float
     reads_input = ["input" in plans[t].base_paths for t in ts]
     counts = [torch.zeros(engine.num_classes(t, x.shape), dtype=torch.int64) for t in ts]
     record, replay = 0.0, [0.0] * len(ts)
-    batches = noise_batches(x, num, sigma, batch_size, generator)
+    batches = noise_batches(x, num, sigma, batch_size, generator, reuse=True)
     while True:
         t0 = time.perf_counter()
         batch = next(batches, None)

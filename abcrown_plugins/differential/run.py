@@ -54,6 +54,7 @@ from abcrown_plugins.smoothing.run import (
     example_indices,
     open_tsv,
     read_rows,
+    resolve_batch_size,
     write_tsv,
 )
 
@@ -144,7 +145,10 @@ def certify_compared(base: nn.Module, tasks: Sequence[nn.Module], datasets: Sequ
     as ``datasets[0]`` (labels may differ: one attribute per network);
     ``tags[t]`` goes into network t's TSV comment line. Returns every network's
     rows (old and new, index order) and the timing rows. Raises UserError when
-    the data sets' images differ, ExactnessError when a certificate does.
+    the data sets' images differ, ExactnessError when a certificate does. A
+    ``settings.batch_size`` of None is measured on the dense ``tasks[0]``
+    (:func:`~abcrown_plugins.smoothing.run.resolve_batch_size`); the rows do not
+    depend on it.
     """
     if not tasks or len(tasks) != len(datasets) or len(tasks) != len(tsv_dirs):
         raise ValueError("certify_compared needs one data set and one TSV folder per network")
@@ -170,6 +174,9 @@ def certify_compared(base: nn.Module, tasks: Sequence[nn.Module], datasets: Sequ
     indices = example_indices(len(datasets[0]), settings.skip, settings.num_examples)
     done = {i for i in indices if len(timing.get(i, ())) == len(tasks) and all(i in r for r in rows)}
     todo = [(pos, i) for pos, i in enumerate(indices) if i not in done]
+    if todo and settings.batch_size is None:  # the dense certifier's measured batch size, on network 0
+        settings = resolve_batch_size(settings, tasks[0], datasets[0][todo[0][1]][0].to(device),
+                                      datasets[0].info.num_classes, device)
     for pos, idx in progress(todo, desc, len(todo)):
         x, _ = datasets[0][idx]
         labels = []

@@ -13,7 +13,12 @@ folder follows the run-folder rule (:mod:`.rundir`) with the name
 ``certify-CKPT-TAG`` (TAG: a digest of the checkpoint file's content); its
 ``run.json`` records what the rows depend on (:func:`certify_identity`: the
 checkpoint's content hash, not its path, the data and the certifier's settings),
-and a resume with anything different is refused with one line.
+and a resume with anything different is refused with one line. ``batch_size.json``
+records the forward batch size used: ``smoothing.batch_size``, or with null there
+the one measured on the network (:func:`~abcrown_plugins.smoothing.run.certify_batch_size`,
+cached; the rows do not depend on it), and the dense certifier's memory layout
+(``layout``: channels_last where it measures faster,
+:func:`~abcrown_plugins.smoothing.run.certify_layout`).
 
 ``smoothing.engine differential`` (:func:`run_certify_all`) certifies downstream
 checkpoints of ``abcrown-plugins transfer`` with the exact differential engine
@@ -33,18 +38,24 @@ side by side), whatever the executor settings.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from abcrown_plugins import checkpoints
 from abcrown_plugins.config import Config
 from abcrown_plugins.differential import certify_compared, time_saved
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.executor import ExecutorSettings, Task, run_tasks
+from abcrown_plugins.fileio import atomic_write_text
 from abcrown_plugins.experiments.rundir import checkpoint_identity, claim_run_dir, run_dir
 from abcrown_plugins.experiments.transfer import BASE_HASH_KEY
 from abcrown_plugins.models import load_model
@@ -53,20 +64,24 @@ from abcrown_plugins.runtime import select_device, set_threads
 from abcrown_plugins.smoothing import warn_unreachable
 from abcrown_plugins.smoothing.run import (
     SmoothingSettings,
+    certify_batch_size,
     certify_example,
+    certify_layout,
     example_indices,
     open_tsv,
     write_report,
     write_tsv,
 )
 from abcrown_plugins.transfer.scenario import dataset_for_checkpoint
+from abcrown_plugins.tuning import tune_allocator
 
 __all__ = ["CertifyResult", "CertifySource", "certify_identity", "certify_task", "run_certify", "run_certify_all"]
 
 
 @dataclass(frozen=True)
 class CertifySource:
-    """What a worker needs to rebuild the network and the data: checkpoint, split, data settings, device."""
+    """What a worker needs to rebuild the network and the data: checkpoint, split, data settings, device,
+    and the network's memory layout (``channels_last``: a channels-last copy, :func:`certify_layout`)."""
 
     checkpoint: str
     split: str
@@ -74,9 +89,13 @@ class CertifySource:
     num: int | None
     data_seed: int
     device: str
+    channels_last: bool = False
 
     def load(self):
         """``(model, dataset)``, loaded once per process."""
+        if self not in _LOADED and self.channels_last:
+            model, dataset = dataclasses.replace(self, channels_last=False).load()
+            _LOADED[self] = (copy.deepcopy(model).to(memory_format=torch.channels_last), dataset)
         if self not in _LOADED:
             loaded = load_model(self.checkpoint, device=self.device)
             dataset = dataset_for_checkpoint(loaded.meta, self.split, self.root, self.num, seed=self.data_seed)
@@ -88,7 +107,8 @@ _LOADED: dict[CertifySource, tuple[Any, Any]] = {}
 
 
 def certify_task(source: CertifySource, idx: int, settings: SmoothingSettings, seed: int) -> dict[str, Any]:
-    """Executor task: the TSV row of example ``idx``."""
+    """Executor task: the TSV row of example ``idx`` (a spawned worker sets the allocator as the CLI does)."""
+    tune_allocator()
     model, dataset = source.load()
     return certify_example(model, dataset, idx, settings, source.device, seed)
 
@@ -110,6 +130,7 @@ class CertifyResult:
     dataset: str
     time_saved: dict[str, float | None] | None = None
     checkpoint: str | None = None
+    batch_size: int | None = None
 
 
 def run_certify_all(cfg: Config, checkpoints_: Sequence[str | Path], out: str | Path | None = None,
@@ -138,7 +159,7 @@ def run_certify(cfg: Config, checkpoint: str | Path, out: str | Path | None = No
     device = select_device(cfg.general.device)
     ckpt = str(checkpoints.resolve(checkpoint).resolve())
     source = CertifySource(ckpt, settings.split, cfg.data.root, cfg.data.num_test, cfg.general.seed, str(device))
-    _, dataset = source.load()
+    model, dataset = source.load()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         msg = warn_unreachable(settings.radii, settings.n, settings.alpha, settings.sigma)
@@ -150,6 +171,10 @@ def run_certify(cfg: Config, checkpoint: str | Path, out: str | Path | None = No
         in_header = ("smoothing.sigma", "smoothing.n0", "smoothing.n", "smoothing.alpha", "general.seed")
         tag = "; ".join(f"{k}={v}" for k, v in identity.items() if k not in in_header)
         path, header, rows = open_tsv(folder, settings, cfg.general.seed, tag)
+        settings = _chosen_batch_size(settings, model, dataset, device, folder)
+        layout = certify_layout(model, dataset[0][0].to(device), settings, device)
+        _record(folder, layout=layout)
+        source = dataclasses.replace(source, channels_last=layout == "channels_last")
         done = {r["idx"] for r in rows}
         tasks = [Task(f"{idx:06d}", certify_task, (source, idx, settings, cfg.general.seed))
                  for idx in example_indices(len(dataset), settings.skip, settings.num_examples) if idx not in done]
@@ -164,17 +189,45 @@ def run_certify(cfg: Config, checkpoint: str | Path, out: str | Path | None = No
                             "them")
         rows.sort(key=lambda r: r["idx"])
         table = write_report(rows, settings, folder, title=f"certified accuracy of {Path(checkpoint).name}")
-    return CertifyResult(folder, rows, table, settings, dataset.info.name)
+    return CertifyResult(folder, rows, table, settings, dataset.info.name, batch_size=settings.batch_size)
+
+
+#: The file of a certify run's folder that records the forward batch size used (and how it was chosen).
+BATCH_SIZE_FILE = "batch_size.json"
+
+
+def _chosen_batch_size(settings: SmoothingSettings, model, dataset, device, folder: Path) -> SmoothingSettings:
+    """``settings`` with the configured or measured (:func:`certify_batch_size`, on the data set's first image)
+    forward batch size, recorded in ``folder/batch_size.json``; the rows do not depend on it."""
+    calibration = None
+    if settings.batch_size is None:
+        x, _ = dataset[0]
+        calibration = certify_batch_size(model, x.to(device), settings, dataset.info.num_classes, device)
+        settings = dataclasses.replace(settings, batch_size=calibration.batch_size)
+    _record(folder, **{"smoothing.batch_size": settings.batch_size, "measured": calibration is not None,
+                       "calibration": None if calibration is None else calibration.as_dict()})
+    return settings
+
+
+def _record(folder: Path, **fields) -> None:
+    """Add ``fields`` to ``folder/batch_size.json`` (written atomically)."""
+    path = folder / BATCH_SIZE_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        record = {}
+    atomic_write_text(path, json.dumps({**record, **fields}, indent=1) + "\n")
 
 
 def certify_identity(cfg: Config, settings: SmoothingSettings, checkpoint: str, device) -> dict[str, Any]:
     """What a certify row depends on: the checkpoint's content, the data (split, root, subset, seed), the
-    certifier's settings (sigma, n0, n, alpha, batch size: it draws the noise batch by batch) and the device
-    (its generator). Which examples are certified (skip, num_examples) and the table radii are not in it."""
+    certifier's settings (sigma, n0, n, alpha) and the device (its generator). The batch size is not in it:
+    the noise stream, hence every row, does not depend on it. Which examples are certified (skip,
+    num_examples) and the table radii are not in it either."""
     return {"checkpoint": checkpoint, "smoothing.split": settings.split, "data.root": cfg.data.root,
             "data.num_test": cfg.data.num_test, "general.seed": cfg.general.seed, "smoothing.sigma": settings.sigma,
             "smoothing.n0": settings.n0, "smoothing.n": settings.n, "smoothing.alpha": settings.alpha,
-            "smoothing.batch_size": settings.batch_size, "device": str(device)}
+            "device": str(device)}
 
 
 def _label(path: str | Path) -> str:
@@ -250,7 +303,9 @@ def _run_differential(cfg: Config, settings: SmoothingSettings, given: list[str 
     common = "; ".join(f"{k}={v}" for k, v in identity.items() if k not in in_header)
     tags = [f"checkpoint={h}; {common}" for h in hashes]
     with claim_run_dir(folder, cfg, "certify", identity, config_bound=False):
-        crows, timing = certify_compared(base, [one.model.eval() for one in loaded], datasets, settings, dirs,
+        networks = [one.model.eval() for one in loaded]
+        settings = _chosen_batch_size(settings, networks[0], datasets[0], device, folder)
+        crows, timing = certify_compared(base, networks, datasets, settings, dirs,
                                          folder / "timing.tsv", device, cfg.general.seed, tags,
                                          desc="certify (dense and differential)")
         saved = time_saved(timing, len(paths))
@@ -261,7 +316,8 @@ def _run_differential(cfg: Config, settings: SmoothingSettings, given: list[str 
             ts = {"live": saved.live[t], "trace": saved.trace[t], "multitask": saved.multitask,
                   "dense_s": saved.dense_s[t], "live_s": saved.live_s[t], "trace_s": saved.trace_s[t],
                   "record_s": saved.record_s, "multitask_s": saved.multitask_s}
-            results.append(CertifyResult(d, crows[t], table, settings, datasets[t].info.name, ts, paths[t]))
+            results.append(CertifyResult(d, crows[t], table, settings, datasets[t].info.name, ts, paths[t],
+                                         settings.batch_size))
         write_markdown(folder / "time_saved.md", _time_saved_text(results, saved, settings))
     return results
 

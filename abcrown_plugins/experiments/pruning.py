@@ -222,7 +222,8 @@ def evaluate_level(run: PruningRun, model: nn.Module, mask: Mask, r: int):
     pgd = None
     if v.pgd_steps > 0:
         pgd = pgd_accuracy(model, run.test_set, v.eps, v.pgd_steps, v.pgd_alpha * v.eps, v.pgd_restarts,
-                           v.batch_size, v.num_examples, run.device, seed=seed * 1000003 + r, desc=f"round {r} pgd")
+                           v.batch_size or result.batch_size, v.num_examples, run.device, seed=seed * 1000003 + r,
+                           desc=f"round {r} pgd")
     complete = None
     if v.method == "abcrown":
         net = copy.deepcopy(model).cpu().eval()
@@ -364,6 +365,7 @@ def _row(r, method, model, mask, result, pgd, history, train_time, v) -> dict[st
             "train_acc": history[-1]["train_acc"] if history else None,
             "train_time_s": train_time, "verify_time_s": result.time_s,
             "verify_peak_mem_mib": result.peak_mem_mib, "verify_mem_how": result.peak_mem_how,
+            "verify_batch_size": result.batch_size,
             "pgd_time_s": pgd.time_s if pgd is not None else None,
             "time_s": train_time + result.time_s, "n_test": result.n}
 

@@ -6,7 +6,8 @@ with re-checked counterexamples does not break (an upper bound of robust accurac
 ``verified_acc`` is a lower bound (sound bounds; IBP, or the tighter of CROWN and IBP);
 ``verify_peak_mem_mib`` is the peak memory growth during verification, measured as
 ``verify_mem_how`` says (``rss_hwm``: Linux peak resident set after resetting it;
-``cuda_max_allocated`` on GPU); ``instability``/``unstable_ratio`` are on IBP
+``cuda_max_allocated`` on GPU) and ``verify_batch_size`` the images per verification batch
+(``verification.batch_size``, or the measured one when it is null); ``instability``/``unstable_ratio`` are on IBP
 pre-activation bounds, the ``_bn`` ones on pre-BN bounds normalised by gamma;
 ``lottery_ticket`` marks pruned rounds that match or beat the dense round on both clean
 and verified accuracy (α,β-CROWN's verified accuracy when it was measured, else IBP/CROWN's).
@@ -31,7 +32,7 @@ from abcrown_plugins.report import markdown_table, new_figure, plot_xy, save_fig
 COLUMNS = ["round", "method", "remain_ratio", "weight_remain_ratio", "channel_remain_ratio", "remaining_weights",
            "std_acc", "pgd_acc", "verified_acc", "verified_acc_ibp", "eps", "verifier",
            "instability", "unstable_ratio", "instability_bn", "unstable_ratio_bn", "train_acc",
-           "train_time_s", "verify_time_s", "verify_peak_mem_mib", "verify_mem_how", "pgd_time_s", "time_s",
+           "train_time_s", "verify_time_s", "verify_peak_mem_mib", "verify_mem_how", "verify_batch_size", "pgd_time_s", "time_s",
            "n_test", "lottery_ticket", "abcrown_verified_acc", "abcrown_safe", "abcrown_unsafe", "abcrown_timeout",
            "abcrown_unknown", "abcrown_error", "abcrown_misclassified", "abcrown_time_mean_s", "abcrown_time_max_s",
            "abcrown_peak_mem_mib", "abcrown_mem_how"]

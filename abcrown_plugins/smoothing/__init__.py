@@ -7,17 +7,19 @@ table and plot. Every certificate holds with probability at least ``1 - alpha``.
 
 from abcrown_plugins.smoothing.certify import (
     ABSTAIN,
+    NOISE_CHUNK,
     SmoothingResult,
     certify,
     check_settings,
     decide,
     max_certifiable_radius,
     noise_batches,
+    noise_chunks,
     predict,
     radius_from_counts,
     sample_counts,
     warn_unreachable,
 )
 
-__all__ = ["ABSTAIN", "SmoothingResult", "certify", "check_settings", "decide", "max_certifiable_radius",
-           "noise_batches", "predict", "radius_from_counts", "sample_counts", "warn_unreachable"]
+__all__ = ["ABSTAIN", "NOISE_CHUNK", "SmoothingResult", "certify", "check_settings", "decide", "max_certifiable_radius",
+           "noise_batches", "noise_chunks", "predict", "radius_from_counts", "sample_counts", "warn_unreachable"]

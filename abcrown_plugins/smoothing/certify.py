@@ -19,9 +19,12 @@ sampling noise):
 * :func:`predict`: if it returns ``c != -1``, then ``g(x) = c``. Two-sided
   binomial test of the top two counts at level ``alpha``, else abstain.
 
-Sampling is batched and reproducible: :func:`noise_batches` draws the noise
-batch by batch from the given ``torch.Generator`` (on the generator's device),
-so the same generator state gives the same noisy inputs whatever ``forward`` is.
+Sampling is reproducible and independent of the batch size: :func:`noise_chunks`
+draws the noise from the given ``torch.Generator`` (on the generator's device)
+in fixed chunks of :data:`NOISE_CHUNK` samples, and :func:`noise_batches` cuts
+that one stream into forward batches of any size, so the same generator state
+gives the same noisy inputs, counts and certificate whatever ``forward`` and
+``batch_size`` are.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -46,7 +49,9 @@ __all__ = [
     "class_counts",
     "decide",
     "max_certifiable_radius",
+    "NOISE_CHUNK",
     "noise_batches",
+    "noise_chunks",
     "predict",
     "radius_from_counts",
     "sample_counts",
@@ -55,6 +60,9 @@ __all__ = [
 
 #: Class index returned when the smoothed classifier abstains.
 ABSTAIN = -1
+#: Samples per chunk of the noise stream (:func:`noise_chunks`): the old fixed ``smoothing.batch_size``, which
+#: the noise used to be drawn in, so the certificates of runs at that batch size are unchanged.
+NOISE_CHUNK = 1000
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -143,23 +151,70 @@ def radius_from_counts(count_a: int, n: int, alpha: float, sigma: float) -> tupl
     return p_lower, float(sigma * norm.ppf(p_lower))
 
 
-def noise_batches(x: Tensor, num: int, sigma: float, batch_size: int,
-                  generator: torch.Generator) -> Iterator[Tensor]:
+def noise_chunks(shape: Sequence[int], num: int, generator: torch.Generator,
+                 dtype: torch.dtype = torch.float32) -> Iterator[Tensor]:
+    """Yield the standard normal noise of ``num`` samples of ``shape``, chunk by chunk: the noise stream.
+
+    Chunk ``k`` holds samples ``k * NOISE_CHUNK ...`` (``min(NOISE_CHUNK, rest) x *shape``),
+    drawn with ``normal_`` from ``generator`` into one reused buffer on the
+    generator's device: bit for bit ``torch.randn`` of the chunk's size. So the
+    stream depends on ``num``, the generator's state and ``NOISE_CHUNK`` only,
+    never on how a consumer batches it. Each chunk is a view of the reused
+    buffer, valid until the next one is requested.
+    """
+    buf = torch.empty((min(NOISE_CHUNK, num), *shape), dtype=dtype, device=generator.device)
+    left = num
+    while left > 0:
+        k = min(NOISE_CHUNK, left)
+        chunk = buf[:k]
+        chunk.normal_(generator=generator)
+        yield chunk
+        left -= k
+
+
+def noise_batches(x: Tensor, num: int, sigma: float, batch_size: int, generator: torch.Generator, *,
+                  reuse: bool = False,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[Tensor]:
     """Yield ``num`` noisy copies of ``x`` (``C x H x W``) in batches ``b x C x H x W``, ``b <= batch_size``.
 
-    Each batch is ``x + sigma * N(0, I)``, the normal noise drawn with
-    ``torch.randn`` from ``generator`` on the generator's device (then moved to
-    ``x``'s device), not clipped. These are exactly the inputs
-    :func:`sample_counts` feeds to ``forward``.
+    The noisy samples are ``x + sigma * z`` for the samples ``z`` of
+    :func:`noise_chunks` in order (not clipped), computed as
+    ``(z * sigma) + x`` in ``x``'s dtype on ``x``'s device: bit for bit today's
+    and earlier releases' ``x.unsqueeze(0) + torch.randn(...) * sigma`` at batch
+    size ``NOISE_CHUNK``, and the same samples at every other batch size (only
+    how they are cut into batches differs). These are exactly the inputs
+    :func:`sample_counts` feeds to ``forward``, so counts and certificates do
+    not depend on ``batch_size``.
+
+    ``reuse``: every batch is a view of one buffer that the next batch
+    overwrites (the consumer is done with a batch before asking for the next);
+    False: each batch is a tensor of its own. ``memory_format``: the batches'
+    layout (e.g. ``torch.channels_last`` for a channels-last network; the values
+    are the same).
     """
     if x.dim() != 3:
         raise ValueError(f"x must be one image C x H x W, got shape {tuple(x.shape)}")
-    remaining = num
-    while remaining > 0:
-        b = min(batch_size, remaining)
-        noise = torch.randn((b, *x.shape), generator=generator, device=generator.device, dtype=x.dtype)
-        yield x.unsqueeze(0) + noise.to(x.device) * sigma
-        remaining -= b
+    if num < 1:
+        return
+    shape = (min(batch_size, num), *x.shape)
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format) if reuse else None
+    chunks = noise_chunks(x.shape, num, generator, x.dtype)
+    chunk, pos = None, 0
+    left = num
+    while left > 0:
+        b = min(batch_size, left)
+        dst = out[:b] if out is not None else torch.empty((b, *x.shape), dtype=x.dtype, device=x.device,
+                                                         memory_format=memory_format)
+        i = 0
+        while i < b:
+            if chunk is None or pos == chunk.shape[0]:
+                chunk, pos = next(chunks), 0
+            k = min(b - i, chunk.shape[0] - pos)
+            torch.mul(chunk[pos:pos + k].to(x.device), sigma, out=dst[i:i + k])
+            pos += k
+            i += k
+        yield dst.add_(x)
+        left -= b
 
 
 def class_counts(logits: Tensor, num_classes: int) -> Tensor:
@@ -179,11 +234,16 @@ def class_counts(logits: Tensor, num_classes: int) -> Tensor:
 
 @torch.no_grad()
 def sample_counts(forward: Forward, x: Tensor, num: int, sigma: float, num_classes: int, batch_size: int,
-                  generator: torch.Generator) -> Tensor:
+                  generator: torch.Generator, *,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
     """Per-class counts (``int64``, length ``num_classes``, on the CPU) of ``argmax forward(x + noise)``;
-    non-finite logits are refused (:func:`class_counts`)."""
+    non-finite logits are refused (:func:`class_counts`).
+
+    The noisy batches (:func:`noise_batches`, in ``memory_format``) share one
+    buffer: ``forward`` must not keep its input past the call. The counts do not
+    depend on ``batch_size``."""
     counts = torch.zeros(num_classes, dtype=torch.int64)
-    for batch in noise_batches(x, num, sigma, batch_size, generator):
+    for batch in noise_batches(x, num, sigma, batch_size, generator, reuse=True, memory_format=memory_format):
         logits = forward(batch)
         if logits.dim() != 2 or logits.shape != (batch.shape[0], num_classes):
             raise ValueError(f"forward returned shape {tuple(logits.shape)}, expected "
@@ -217,15 +277,18 @@ def decide(selection: Tensor, counts: Tensor, n0: int, n: int, alpha: float, sig
 
 
 def certify(forward: Forward, x: Tensor, n0: int, n: int, alpha: float, sigma: float, num_classes: int,
-            batch_size: int, generator: torch.Generator) -> SmoothingResult:
+            batch_size: int, generator: torch.Generator, *,
+            memory_format: torch.memory_format = torch.contiguous_format) -> SmoothingResult:
     """CERTIFY of Cohen et al.: select with ``n0`` samples, estimate with ``n`` fresh ones (module docstring).
 
-    The counts of the two samples go to :func:`decide`.
+    The counts of the two samples go to :func:`decide`. The result does not
+    depend on ``batch_size`` (:func:`noise_batches`); ``memory_format``: the
+    noisy batches' layout (:func:`sample_counts`).
     """
     check_settings(sigma, alpha, n, n0, batch_size)
     t0 = time.perf_counter()
-    selection = sample_counts(forward, x, n0, sigma, num_classes, batch_size, generator)
-    counts = sample_counts(forward, x, n, sigma, num_classes, batch_size, generator)
+    selection = sample_counts(forward, x, n0, sigma, num_classes, batch_size, generator, memory_format=memory_format)
+    counts = sample_counts(forward, x, n, sigma, num_classes, batch_size, generator, memory_format=memory_format)
     return decide(selection, counts, n0, n, alpha, sigma, time.perf_counter() - t0)
 
 

@@ -10,11 +10,16 @@ Output folder::
 ``certify.tsv`` is rewritten atomically after every example; a run started
 again with the same settings skips the indices already in it. Example ``idx``
 draws its noise from a generator seeded by ``(seed, idx)`` only, so a resumed
-run writes the same rows as an uninterrupted one.
+run writes the same rows as an uninterrupted one. The rows do not depend on
+``smoothing.batch_size`` either (the noise stream is cut into batches of any size,
+:func:`~abcrown_plugins.smoothing.certify.noise_batches`); null there means the
+batch size is measured (:func:`certify_batch_size`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,26 +33,34 @@ from abcrown_plugins.fileio import atomic_write_text
 from abcrown_plugins.errors import UserError
 from abcrown_plugins.report import markdown_table, new_figure, save_figure, write_markdown
 from abcrown_plugins.runtime import progress
-from abcrown_plugins.smoothing.certify import ABSTAIN, certify, check_settings
+from abcrown_plugins.smoothing.certify import ABSTAIN, certify, check_settings, noise_batches, sample_counts
+from abcrown_plugins.tuning import Calibration, choose_batch_size, choose_option, default_budget_mib, model_digest
 
-__all__ = ["COLUMNS", "ENGINES", "SmoothingSettings", "certified_accuracy", "certify_dataset", "certify_example",
-           "example_generator", "example_indices", "open_tsv", "read_tsv", "write_report", "write_tsv"]
+__all__ = ["CERTIFY_CANDIDATES", "COLUMNS", "ENGINES", "SmoothingSettings", "certified_accuracy",
+           "certify_batch_size", "certify_dataset", "certify_example", "certify_layout", "example_generator",
+           "example_indices", "open_tsv", "read_tsv", "resolve_batch_size", "write_report", "write_tsv"]
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 #: ``smoothing.engine``: the network itself, or the exact differential engine beside it
 #: (:mod:`abcrown_plugins.differential.run`).
 ENGINES = ("dense", "differential")
+#: Batch sizes :func:`certify_batch_size` times (those above ``n`` are replaced by ``n``).
+CERTIFY_CANDIDATES = (100, 200, 500, 1000)
 
 
 @dataclass(frozen=True)
 class SmoothingSettings:
-    """The ``smoothing`` config section, validated (sigma > 0, 0 < alpha < 1, n0 <= n)."""
+    """The ``smoothing`` config section, validated (sigma > 0, 0 < alpha < 1, n0 <= n).
+
+    ``batch_size`` None: measured when the first example is certified
+    (:func:`resolve_batch_size`); certificates do not depend on it.
+    """
 
     sigma: float
     n0: int
     n: int
     alpha: float
-    batch_size: int
+    batch_size: int | None
     num_examples: int | None = None
     skip: int = 1
     split: str = "test"
@@ -55,7 +68,7 @@ class SmoothingSettings:
     engine: str = "dense"
 
     def __post_init__(self) -> None:
-        check_settings(self.sigma, self.alpha, self.n, self.n0, self.batch_size)
+        check_settings(self.sigma, self.alpha, self.n, self.n0, 1 if self.batch_size is None else self.batch_size)
         if self.engine not in ENGINES:
             raise UserError(f"smoothing.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.skip < 1:
@@ -72,6 +85,83 @@ class SmoothingSettings:
     def guarantee(self) -> str:
         return (f"each prediction and radius holds with probability >= 1 - alpha = {1 - self.alpha:.6g} "
                 f"(sigma={self.sigma:g}, n0={self.n0}, n={self.n}, alpha={self.alpha:g})")
+
+
+_CHOSEN: dict[tuple, int] = {}
+
+
+def certify_batch_size(forward: Callable[[Tensor], Tensor], x: Tensor, settings: SmoothingSettings,
+                       num_classes: int, device: torch.device | str = "cpu", *,
+                       cache_dir: Path | None = None, reps: int = 3) -> Calibration:
+    """The forward batch size of certification, measured on ``forward`` (``tuning.choose_batch_size``).
+
+    Times :func:`~abcrown_plugins.smoothing.certify.sample_counts` of one batch
+    (noise and forward) on ``x`` (one ``C x H x W`` input on ``device``) at each
+    of :data:`CERTIFY_CANDIDATES` (at most ``settings.n``), ``reps`` interleaved rounds (three: ~4 s
+    on ``cnn_7layer`` at 1 thread, once per model, device and thread count; one round picked a batch
+    11 % slower than the best on a flat curve, measured by ``tools/bench_throughput.py``);
+    cached per network structure (:func:`~abcrown_plugins.tuning.model_digest`
+    without weights when ``forward`` is a module, else its type: the speed of
+    dense kernels does not depend on the weights' values), input shape, device
+    and thread count. Memory budget: half of the memory free now
+    (:func:`~abcrown_plugins.tuning.default_budget_mib`).
+    """
+    device = torch.device(device)
+    n = settings.n
+    cands = sorted({min(c, n) for c in CERTIFY_CANDIDATES})
+    model = (model_digest(forward, weights=False) if isinstance(forward, torch.nn.Module)
+             else f"{type(forward).__module__}.{getattr(forward, '__qualname__', type(forward).__qualname__)}")
+    key = {"model": model, "device": str(device), "input": tuple(x.shape), "dtype": str(x.dtype)}
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def run(b: int) -> None:
+        with torch.no_grad():
+            sample_counts(forward, x, b, settings.sigma, num_classes, b, generator)
+
+    return choose_batch_size("certify", run, cands, key=key, budget_mib=default_budget_mib(device),
+                             cache_dir=cache_dir, reps=reps, device=device)
+
+
+def certify_layout(model: torch.nn.Module, x: Tensor, settings: SmoothingSettings,
+                   device: torch.device | str = "cpu", *, cache_dir: Path | None = None, reps: int = 3) -> str:
+    """``"channels_last"`` when a channels-last copy of ``model`` (``x``: one ``C x H x W`` input on ``device``)
+    runs a batch of noisy inputs faster than ``model`` does, else ``"nchw"``; cached like the batch size.
+
+    Timed on ``min(settings.batch_size, n, 100)`` inputs (100 when the batch size is None), interleaved, medians
+    (:func:`~abcrown_plugins.tuning.choose_option`). A network without a 2-D convolution is ``"nchw"``
+    without timing. The layouts round differently inside a convolution (logits differ
+    by ~1e-8), so only the argmaxes, hence the counts, are the same; tests check them on fixed seeds.
+    """
+    if not any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        return "nchw"
+    device = torch.device(device)
+    b = min(settings.batch_size or 100, 100, settings.n)
+    batch = next(noise_batches(x, b, settings.sigma, b, torch.Generator(device=device).manual_seed(0)))
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    key = {"model": model_digest(model, weights=False), "device": str(device), "input": tuple(x.shape),
+           "batch": b}
+
+    def run(net):
+        def call() -> None:
+            with torch.no_grad():
+                net(batch)
+        return call
+
+    return choose_option("certify-layout", {"nchw": run(model), "channels_last": run(last)}, key=key,
+                         cache_dir=cache_dir, reps=reps, device=device).name
+
+
+def resolve_batch_size(settings: SmoothingSettings, forward: Callable[[Tensor], Tensor], x: Tensor,
+                       num_classes: int, device: torch.device | str = "cpu") -> SmoothingSettings:
+    """``settings`` with a batch size: its own, or :func:`certify_batch_size`'s on ``forward`` (measured once
+    per forward, input shape, device and thread count in this process). Only the speed depends on it (a
+    forward whose id outlived it could at worst inherit another's batch size)."""
+    if settings.batch_size is not None:
+        return settings
+    memo = (id(forward), tuple(x.shape), str(device), torch.get_num_threads(), settings.n)
+    if memo not in _CHOSEN:
+        _CHOSEN[memo] = certify_batch_size(forward, x, settings, num_classes, device).batch_size
+    return dataclasses.replace(settings, batch_size=_CHOSEN[memo])
 
 
 def example_indices(num: int, skip: int, num_examples: int | None) -> list[int]:
@@ -142,9 +232,12 @@ def example_generator(seed: int, idx: int, device: torch.device | str = "cpu") -
 
 def certify_example(forward: Callable[[Tensor], Tensor], dataset, idx: int, settings: SmoothingSettings,
                     device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
-    """The TSV row of example ``idx``; its noise comes from :func:`example_generator` ``(seed, idx)``."""
+    """The TSV row of example ``idx``; its noise comes from :func:`example_generator` ``(seed, idx)``.
+
+    A ``settings.batch_size`` of None is measured first (:func:`resolve_batch_size`)."""
     device = torch.device(device)
     x, label = dataset[idx]
+    settings = resolve_batch_size(settings, forward, x.to(device), dataset.info.num_classes, device)
     generator = example_generator(seed, idx, device)
     res = certify(forward, x.to(device), settings.n0, settings.n, settings.alpha, settings.sigma,
                   dataset.info.num_classes, settings.batch_size, generator)

@@ -13,7 +13,7 @@ PACKAGE = Path(abcrown_plugins.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("fileio", "runtime", "numerics"),
-    ("config", "checkpoints", "graph", "vnnlib"),
+    ("config", "checkpoints", "graph", "vnnlib", "tuning"),
     ("data", "bounds", "attacks", "report", "pruning", "executor"),
     ("regularizers", "smoothing", "models"),
     ("training", "verification", "differential", "export"),

@@ -34,9 +34,11 @@ optional), at 1 thread and at all cores (``torch.set_num_threads``):
   in dense-equivalent GFLOP/s over the ceiling; ``differential_over_dense``: its time over
   the dense fine-tuned network's certify.
 
-Certify and IBP run on the network in ``--layout``: by default the one the smoothing run
-measures and picks (``smoothing.run.certify_layout``, NCHW where the tree lacks it), batches
-NCHW as the run feeds them; ``certify_roofline_fraction_<other layout>`` times the other one
+Certify runs on the network in ``--layout``: by default the one the smoothing run
+measures and picks (``smoothing.run.certify_layout``; channels_last means the run's
+``inference_form``, conv+BatchNorm folded; NCHW where the tree lacks it), batches
+NCHW as the run feeds them; IBP runs on the NCHW network, as verification does;
+``certify_roofline_fraction_<other layout>`` times the other one
 at the chosen batch. The
 project's allocator setting (``tuning.tune_allocator``) is applied first, as its own
 processes do (``--allocator default`` leaves glibc's). ``certify_cpu_per_wall``: CPU
@@ -94,10 +96,10 @@ try:  # the calibration smoothing runs use (smoothing.batch_size null)
     from abcrown_plugins.smoothing.run import SmoothingSettings, certify_batch_size
 except ImportError:  # pragma: no cover - depends on the tree
     certify_batch_size = None
-try:  # the layout smoothing runs choose by measurement
-    from abcrown_plugins.smoothing.run import certify_layout
+try:  # the layout smoothing runs choose by measurement, and the form they run it in
+    from abcrown_plugins.smoothing.run import certify_layout, inference_form
 except ImportError:  # pragma: no cover - depends on the tree
-    certify_layout = None
+    certify_layout = inference_form = None
 try:  # the calibration IBP verification uses (verification.batch_size null)
     from abcrown_plugins.verification.evaluate import VERIFY_CANDIDATES, verify_batch_size
 except ImportError:  # pragma: no cover - depends on the tree
@@ -252,8 +254,14 @@ def roofline(layers: list[dict], batches: list[int], threads: list[int], reps: i
 # ---------------------------------------------------------------------------- workloads
 
 def in_layout(model: nn.Module, layout: str) -> nn.Module:
-    """``model`` itself (nchw) or a channels_last copy (same function, weights in that layout)."""
-    return model if layout == "nchw" else copy.deepcopy(model).to(memory_format=FORMATS[layout])
+    """``model`` itself (nchw) or the channels-last form the smoothing run certifies with
+    (``smoothing.run.inference_form``: conv+BatchNorm folded, in-place ReLUs; a plain channels_last copy
+    where the tree lacks it): the same function up to rounding."""
+    if layout == "nchw":
+        return model
+    if inference_form is not None and layout == "channels_last":
+        return inference_form(model)
+    return copy.deepcopy(model).to(memory_format=FORMATS[layout])
 
 
 def certify_fn(model, x, n: int, batch: int, seed: int) -> Callable[[], object]:
@@ -286,7 +294,7 @@ def ibp_fns(model, batch: int) -> tuple[Callable, Callable]:
 def calibrate(model, x, arch: str, threads: int, n: int, candidates: list[int], seed: int, log) -> dict | None:
     """The batch size the project's calibration picks for certify at ``threads`` (fresh cache), or None.
 
-    Where the tree has it, the smoothing run's own ``certify_batch_size`` on the NCHW network,
+    Where the tree has it, the smoothing run's own ``certify_batch_size`` on the network in the form it certifies,
     as the run calls it (its candidates, repetitions and memory budget); else
     ``tuning.choose_batch_size`` over the sweep's batch sizes.
     """
@@ -330,11 +338,10 @@ def probe(spec: dict) -> dict:
                                   std=STD)
     model.load_state_dict(saved["state"])
     x = saved["x"]
-    model = in_layout(model.eval(), spec["layout"])
     if spec["workload"] == "certify":
-        fn = certify_fn(model, x, spec["n"], spec["batch"], spec["seed"] + 7)
-    else:
-        fn = ibp_fns(model, spec["batch"])[1]
+        fn = certify_fn(in_layout(model.eval(), spec["layout"]), x, spec["n"], spec["batch"], spec["seed"] + 7)
+    else:  # verification runs IBP on the network as it is (NCHW)
+        fn = ibp_fns(model.eval(), spec["batch"])[1]
     with PeakMemory("cpu") as pm:
         t0 = time.perf_counter()
         fn()
@@ -362,11 +369,8 @@ def bench_model(arch: str, args, log) -> dict:
     ceiling = roof["ceiling"]
     log(f"{arch}: ceiling " + ", ".join(f"{t}t {c:.1f} GFLOP/s" for t, c in ceiling.items()))
 
-    # the certify batch (calibrated on the NCHW network, else the configuration's default), then the layout
-    cal = {}
-    for t in threads:
-        cal[t] = calibrate(nchw_model, x, arch, t, args.n, args.batches, args.seed, log)
-    chosen = {t: (cal[t]["batch_size"] if cal[t] else DEFAULT_CERTIFY_BATCH) for t in threads}
+    # as a smoothing run does: the layout (measured at batch 100), then the certify batch calibrated on the
+    # network in that form (else the configuration's old default)
     layout = args.layout
     if layout == "project":
         layout = "nchw"
@@ -374,10 +378,14 @@ def bench_model(arch: str, args, log) -> dict:
             torch.set_num_threads(max(threads))
             with tempfile.TemporaryDirectory() as tmp:
                 settings = SmoothingSettings(sigma=SIGMA, n0=min(100, args.n), n=args.n, alpha=0.001,
-                                             batch_size=chosen[max(threads)])
+                                             batch_size=None)
                 layout = certify_layout(nchw_model, x, settings, "cpu", cache_dir=Path(tmp))
         log(f"  layout: {layout}")
-    model = in_layout(nchw_model, layout)  # certify and IBP run in this layout; the engine in NCHW
+    model = in_layout(nchw_model, layout)  # certify runs in this form; IBP and the engine on the NCHW network
+    cal = {}
+    for t in threads:
+        cal[t] = calibrate(model, x, arch, t, args.n, args.batches, args.seed, log)
+    chosen = {t: (cal[t]["batch_size"] if cal[t] else DEFAULT_CERTIFY_BATCH) for t in threads}
     ibp_batch, ibp_source = args.ibp_batch, "option"
     if ibp_batch is None:  # the verification's own calibration (1 thread), else its old default
         ibp_batch, ibp_source = DEFAULT_IBP_BATCH, "default"
@@ -407,7 +415,7 @@ def bench_model(arch: str, args, log) -> dict:
     ibp_batches = sorted(set(args.ibp_batches) | {ibp_batch})
     for t in threads:
         for b in ibp_batches:
-            fwd, ibp = ibp_fns(model, b)
+            fwd, ibp = ibp_fns(nchw_model, b)
             jobs[("forward", t, b, b)] = (t, fwd)
             jobs[("ibp", t, b, b)] = (t, ibp)
     exact = None

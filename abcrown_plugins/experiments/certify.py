@@ -38,7 +38,6 @@ side by side), whatever the executor settings.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -67,6 +66,7 @@ from abcrown_plugins.smoothing.run import (
     certify_batch_size,
     certify_example,
     certify_layout,
+    inference_form,
     example_indices,
     open_tsv,
     write_report,
@@ -81,7 +81,8 @@ __all__ = ["CertifyResult", "CertifySource", "certify_identity", "certify_task",
 @dataclass(frozen=True)
 class CertifySource:
     """What a worker needs to rebuild the network and the data: checkpoint, split, data settings, device,
-    and the network's memory layout (``channels_last``: a channels-last copy, :func:`certify_layout`)."""
+    and the network's form (``channels_last``: :func:`inference_form`, channels-last with conv+BatchNorm folded,
+    where :func:`certify_layout` measures it faster)."""
 
     checkpoint: str
     split: str
@@ -95,7 +96,7 @@ class CertifySource:
         """``(model, dataset)``, loaded once per process."""
         if self not in _LOADED and self.channels_last:
             model, dataset = dataclasses.replace(self, channels_last=False).load()
-            _LOADED[self] = (copy.deepcopy(model).to(memory_format=torch.channels_last), dataset)
+            _LOADED[self] = (inference_form(model), dataset)
         if self not in _LOADED:
             loaded = load_model(self.checkpoint, device=self.device)
             dataset = dataset_for_checkpoint(loaded.meta, self.split, self.root, self.num, seed=self.data_seed)
@@ -171,8 +172,9 @@ def run_certify(cfg: Config, checkpoint: str | Path, out: str | Path | None = No
         in_header = ("smoothing.sigma", "smoothing.n0", "smoothing.n", "smoothing.alpha", "general.seed")
         tag = "; ".join(f"{k}={v}" for k, v in identity.items() if k not in in_header)
         path, header, rows = open_tsv(folder, settings, cfg.general.seed, tag)
-        settings = _chosen_batch_size(settings, model, dataset, device, folder)
         layout = certify_layout(model, dataset[0][0].to(device), settings, device)
+        form = inference_form(model) if layout == "channels_last" else model
+        settings = _chosen_batch_size(settings, form, dataset, device, folder)  # measured on the form certified
         _record(folder, layout=layout)
         source = dataclasses.replace(source, channels_last=layout == "channels_last")
         done = {r["idx"] for r in rows}

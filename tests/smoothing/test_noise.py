@@ -142,14 +142,19 @@ def test_noise_stream_is_standard_normal():
 @pytest.mark.parametrize("arch", ["cnn_7layer", "resnet18_nr"])
 def test_channels_last_certifies_the_same_counts_as_nchw_on_fixed_seeds(arch, tmp_path):
     from abcrown_plugins.models import build
-    from abcrown_plugins.smoothing.run import SmoothingSettings, certify_layout
+    from abcrown_plugins.smoothing.run import SmoothingSettings, certify_layout, inference_form
+    from tests.conftest import randomize_batchnorm
 
     torch.manual_seed(0)
     net = build(arch, 3, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
-    last = build(arch, 3, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
-    last.load_state_dict(net.state_dict())
-    last = last.to(memory_format=torch.channels_last)
+    randomize_batchnorm(net)
+    last = inference_form(net)  # channels-last, conv+BatchNorm folded, in-place ReLUs
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in last.modules())
+    assert any(isinstance(m, torch.nn.ReLU) and m.inplace for m in last.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) and m.inplace for m in net.modules())  # the original is untouched
     with torch.no_grad():
+        probe = torch.rand(8, 3, 32, 32)
+        assert torch.allclose(last(probe), net(probe), rtol=1e-4, atol=1e-5)
         for seed in (0, 1):
             x = torch.rand(3, 32, 32, generator=_gen(20 + seed))
             args = (x, 50, 1000, 0.001, SIGMA, 10, 250)
@@ -160,3 +165,24 @@ def test_channels_last_certifies_the_same_counts_as_nchw_on_fixed_seeds(arch, tm
     assert certify_layout(net, x, settings, cache_dir=tmp_path, reps=1) in ("nchw", "channels_last")
     assert certify_layout(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)), x,
                           settings, cache_dir=tmp_path) == "nchw"
+
+
+def test_the_inference_form_leaves_a_relu_in_place_only_where_nothing_else_reads_its_input():
+    from abcrown_plugins.smoothing.run import inference_form
+
+    class Reuse(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.head = torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.ReLU()
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.relu(y) + y, self.head(self.conv(x) * 2)
+
+    net = Reuse().eval()
+    form = inference_form(net)
+    assert not form.relu.inplace and form.head.inplace
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        for a, b in zip(form(x), net(x)):
+            assert torch.allclose(a, b, atol=1e-6)

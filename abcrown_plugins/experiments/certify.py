@@ -173,10 +173,10 @@ def run_certify(cfg: Config, checkpoint: str | Path, out: str | Path | None = No
         tag = "; ".join(f"{k}={v}" for k, v in identity.items() if k not in in_header)
         path, header, rows = open_tsv(folder, settings, cfg.general.seed, tag)
         layout = certify_layout(model, dataset[0][0].to(device), settings, device)
-        form = inference_form(model) if layout == "channels_last" else model
+        source = dataclasses.replace(source, channels_last=layout == "channels_last")
+        form, _ = source.load()  # the network as certified (built once per process, kept for local tasks)
         settings = _chosen_batch_size(settings, form, dataset, device, folder)  # measured on the form certified
         _record(folder, layout=layout)
-        source = dataclasses.replace(source, channels_last=layout == "channels_last")
         done = {r["idx"] for r in rows}
         tasks = [Task(f"{idx:06d}", certify_task, (source, idx, settings, cfg.general.seed))
                  for idx in example_indices(len(dataset), settings.skip, settings.num_examples) if idx not in done]
